@@ -1,0 +1,42 @@
+# One entry point for a newcomer, CI and the tests. Every target is idempotent.
+SHELL := /bin/bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+ENV := source $(ROOT)/scripts/env.sh &&
+PYTEST_ARGS ?=
+
+.PHONY: setup tools venv lab-deps lab-up lab-down test unit lint lock
+
+## setup: toolchain, virtualenv, lab prerequisites, local backend and passphrase
+setup: tools venv lab-deps
+	@$(ENV) scripts/setup-backend
+
+tools:
+	@scripts/install-pulumi
+
+venv:
+	@scripts/setup-venv
+
+lab-deps:
+	@scripts/lab-deps
+
+## lab-up: boot the lab hosts and `pulumi up` the lab stack
+lab-up: setup
+	@$(ENV) .venv/bin/python -m scripts.lab_stack up
+
+lab-down:
+	@$(ENV) .venv/bin/python -m scripts.lab_stack down
+
+## test: everything, on real lab hosts (needs root)
+test: setup
+	@$(ENV) scripts/run-tests $(PYTEST_ARGS)
+
+## unit: the pure tests only (no lab, no root)
+unit: venv
+	@$(ENV) .venv/bin/python -m pytest -m "not lab and not cluster and not engine" tests $(PYTEST_ARGS)
+
+lint: venv
+	@$(ENV) ruff check . && ruff format --check .
+
+## lock: regenerate requirements.txt from requirements.in
+lock:
+	@scripts/setup-venv --lock

@@ -1,0 +1,566 @@
+"""The cluster's config model, loaded from the stack's ``pgha:*`` keys.
+
+Pure: no Pulumi calls, no I/O. ``load_cluster_config`` takes the raw config
+mapping (key without namespace -> parsed value) and the names of keys that are
+secret, validates everything and returns an immutable model, or raises
+``ConfigError`` naming every bad key before any resource is registered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from components import pg_params
+from components.validation import (
+    ABS_PATH_RE,
+    IDENT_RE,
+    NAME_RE,
+    Problems,
+    as_address,
+    as_bool,
+    as_cidr,
+    as_int,
+    as_list,
+    as_mapping,
+    as_port,
+    as_str,
+    check_unknown_keys,
+)
+
+ROLES = ("etcd", "patroni", "haproxy")
+SECRET_KEYS = (
+    "superuserPassword", "replicationPassword", "rewindPassword", "restApiPassword",
+)
+OS_FAMILIES = ("debian", "rhel")
+
+
+@dataclass(frozen=True)
+class Bastion:
+    address: str
+    port: int
+    user: str
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    user: str
+    port: int
+    private_key_file: str | None
+    known_hosts_file: str
+    strict_host_keys: bool
+    bastion: Bastion | None
+
+
+@dataclass(frozen=True)
+class NodeTags:
+    nofailover: bool = False
+    noloadbalance: bool = False
+    nosync: bool = False
+    clonefrom: bool = False
+
+    def as_patroni(self) -> dict[str, bool]:
+        return {"nofailover": self.nofailover, "noloadbalance": self.noloadbalance,
+                "nosync": self.nosync, "clonefrom": self.clonefrom}
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    roles: tuple[str, ...]
+    ssh: SshSettings
+    tags: NodeTags
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    client_port: int
+    peer_port: int
+    data_dir: str
+    min_members: int
+
+
+@dataclass(frozen=True)
+class PatroniInstall:
+    method: str  # "wheelhouse" | "index"
+    version: str
+    wheelhouse: str | None
+    index_url: str | None
+    proxy: str | None
+    venv: str
+
+
+@dataclass(frozen=True)
+class PatroniSettings:
+    restapi_port: int
+    config_dir: str
+    install: PatroniInstall
+    min_nodes: int
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    version: int
+    port: int
+    os_family: str
+    data_dir: str
+    bin_dir: str
+    superuser: str
+    replication_user: str
+    rewind_user: str
+    keep_data_on_destroy: bool
+
+
+@dataclass(frozen=True)
+class DcsSettings:
+    ttl: int
+    loop_wait: int
+    retry_timeout: int
+    maximum_lag_on_failover: int
+    synchronous_mode: bool
+    use_pg_rewind: bool
+    use_slots: bool
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HaproxySettings:
+    primary_port: int
+    replica_port: int
+    stats_port: int
+    maxconn: int
+    check_inter_ms: int
+    check_fastinter_ms: int
+    check_fall: int
+    check_rise: int
+
+
+@dataclass(frozen=True)
+class DatabaseRole:
+    name: str
+    options: tuple[str, ...]
+    login: bool
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    scope: str
+    namespace: str
+    production: bool
+    generate_passwords: bool
+    hosts: tuple[Host, ...]
+    etcd: EtcdSettings
+    patroni: PatroniSettings
+    postgresql: PostgresSettings
+    dcs: DcsSettings
+    initdb: tuple[Any, ...]
+    client_cidrs: tuple[str, ...]
+    pg_hba_extra: tuple[str, ...]
+    roles: tuple[DatabaseRole, ...]
+    haproxy: HaproxySettings
+    secrets_present: frozenset[str] = field(default_factory=frozenset)
+
+    def with_role(self, role: str) -> tuple[Host, ...]:
+        return tuple(h for h in self.hosts if role in h.roles)
+
+
+TOP_LEVEL_KEYS = (
+    "scope", "namespace", "production", "generatePasswords", "ssh", "hosts", "etcd",
+    "patroni", "postgresql", "dcs", "initdb", "clientCidrs", "pgHba", "roles", "haproxy",
+    "sshPrivateKey", "rolePasswords", *SECRET_KEYS,
+)
+
+DEFAULT_PARAMETERS: dict[str, Any] = {
+    "wal_level": "logical",
+    "hot_standby": "on",
+    "max_connections": 150,
+    "max_wal_senders": 10,
+    "max_replication_slots": 10,
+    "wal_log_hints": "on",
+    "wal_keep_size": "256MB",
+    "password_encryption": "scram-sha-256",
+    "shared_preload_libraries": "pg_stat_statements",
+    "logging_collector": "on",
+    "log_checkpoints": "on",
+    "log_lock_waits": "on",
+    "timezone": "UTC",
+}
+
+DEFAULT_INITDB: tuple[Any, ...] = (
+    {"encoding": "UTF8"}, "data-checksums", {"locale": "C.UTF-8"},
+)
+
+ROLE_OPTIONS = (
+    "SUPERUSER", "CREATEDB", "CREATEROLE", "INHERIT", "NOINHERIT", "LOGIN", "NOLOGIN",
+    "REPLICATION", "BYPASSRLS", "NOCREATEDB", "NOCREATEROLE",
+)
+
+
+def os_family_defaults(family: str, version: int, scope: str) -> tuple[str, str]:
+    """Return (data_dir, bin_dir) for a PostgreSQL major version on an OS family."""
+    if family == "rhel":
+        return f"/var/lib/pgsql/{version}/data", f"/usr/pgsql-{version}/bin"
+    # Debian keeps the distro's own 15/main cluster untouched beside ours.
+    return f"/var/lib/postgresql/{version}/{scope}", f"/usr/lib/postgresql/{version}/bin"
+
+
+def _load_ssh(problems: Problems, path: str, raw: Any, base: SshSettings | None,
+              has_secret_key: bool) -> SshSettings:
+    data = as_mapping(problems, path, raw)
+    check_unknown_keys(problems, path, data,
+                       ("user", "port", "privateKeyFile", "knownHostsFile", "strictHostKeys",
+                        "bastion"))
+    user = as_str(problems, f"{path}.user", data.get("user"),
+                  base.user if base else "root", pattern=r"[a-z_][a-z0-9_-]*", what="user name")
+    port = as_port(problems, f"{path}.port", data.get("port"), base.port if base else 22)
+    key_file = data.get("privateKeyFile", base.private_key_file if base else None)
+    if key_file is not None:
+        key_file = as_str(problems, f"{path}.privateKeyFile", key_file, pattern=ABS_PATH_RE,
+                          what="absolute path")
+    known_hosts = as_str(problems, f"{path}.knownHostsFile", data.get("knownHostsFile"),
+                         base.known_hosts_file if base else "~/.ssh/known_hosts")
+    strict = as_bool(problems, f"{path}.strictHostKeys", data.get("strictHostKeys"),
+                     base.strict_host_keys if base else True)
+    bastion = base.bastion if base else None
+    if "bastion" in data:
+        b = as_mapping(problems, f"{path}.bastion", data["bastion"])
+        check_unknown_keys(problems, f"{path}.bastion", b, ("address", "port", "user"))
+        bastion = Bastion(
+            address=as_address(problems, f"{path}.bastion.address", b.get("address")),
+            port=as_port(problems, f"{path}.bastion.port", b.get("port"), 22),
+            user=as_str(problems, f"{path}.bastion.user", b.get("user"), user),
+        )
+    if base is None and key_file is None and not has_secret_key:
+        problems.add(f"{path}.privateKeyFile",
+                     "set a key file, or the secret pgha:sshPrivateKey "
+                     "(pulumi config set --secret pgha:sshPrivateKey < key)")
+    return SshSettings(user=user, port=port, private_key_file=key_file,
+                       known_hosts_file=known_hosts, strict_host_keys=strict, bastion=bastion)
+
+
+def _load_tags(problems: Problems, path: str, raw: Any) -> NodeTags:
+    data = as_mapping(problems, path, raw)
+    check_unknown_keys(problems, path, data, ("nofailover", "noloadbalance", "nosync", "clonefrom"))
+    return NodeTags(**{
+        name: as_bool(problems, f"{path}.{name}", data.get(name), False)
+        for name in ("nofailover", "noloadbalance", "nosync", "clonefrom")
+    })
+
+
+def _load_hosts(problems: Problems, raw: Any, ssh: SshSettings) -> tuple[Host, ...]:
+    hosts: list[Host] = []
+    seen_names: dict[str, int] = {}
+    seen_addresses: dict[str, int] = {}
+    items = as_list(problems, "hosts", raw)
+    if not items:
+        problems.add("hosts", "at least one host is required")
+    for i, item in enumerate(items):
+        path = f"hosts[{i}]"
+        data = as_mapping(problems, path, item)
+        check_unknown_keys(problems, path, data, ("name", "address", "roles", "ssh", "tags"))
+        name = as_str(problems, f"{path}.name", data.get("name"), pattern=NAME_RE,
+                      what="host name (lowercase letters, digits and '-')")
+        address = as_address(problems, f"{path}.address", data.get("address"))
+        if name in seen_names:
+            problems.add(f"{path}.name", f"duplicate host name {name!r} (also hosts[{seen_names[name]}])")
+        seen_names.setdefault(name, i)
+        if address in seen_addresses:
+            problems.add(f"{path}.address",
+                         f"duplicate address {address} (also hosts[{seen_addresses[address]}])")
+        seen_addresses.setdefault(address, i)
+        roles_raw = as_list(problems, f"{path}.roles", data.get("roles"))
+        roles: list[str] = []
+        for j, role in enumerate(roles_raw):
+            if role not in ROLES:
+                problems.add(f"{path}.roles[{j}]", f"unknown role {role!r}; one of {', '.join(ROLES)}")
+            elif role in roles:
+                problems.add(f"{path}.roles[{j}]", f"role {role!r} listed twice")
+            else:
+                roles.append(role)
+        if not roles_raw:
+            problems.add(f"{path}.roles", f"give the host at least one role of {', '.join(ROLES)}")
+        host_ssh = _load_ssh(problems, f"{path}.ssh", data.get("ssh"), ssh, True)
+        tags = _load_tags(problems, f"{path}.tags", data.get("tags"))
+        hosts.append(Host(name=name, address=address, roles=tuple(roles), ssh=host_ssh, tags=tags))
+    return tuple(hosts)
+
+
+def _load_dcs(problems: Problems, raw: Any, parameters: dict[str, Any]) -> DcsSettings:
+    data = as_mapping(problems, "dcs", raw)
+    check_unknown_keys(problems, "dcs", data, (
+        "ttl", "loopWait", "retryTimeout", "maximumLagOnFailover", "synchronousMode",
+        "usePgRewind", "useSlots"))
+    ttl = as_int(problems, "dcs.ttl", data.get("ttl"), 30, minimum=5)
+    loop_wait = as_int(problems, "dcs.loopWait", data.get("loopWait"), 10, minimum=1)
+    retry = as_int(problems, "dcs.retryTimeout", data.get("retryTimeout"), 10, minimum=1)
+    # Patroni's own rule: loop_wait + 2 * retry_timeout must fit within ttl.
+    if loop_wait + 2 * retry > ttl:
+        problems.add("dcs.ttl", f"must be at least loopWait + 2 * retryTimeout = {loop_wait + 2 * retry}")
+    return DcsSettings(
+        ttl=ttl, loop_wait=loop_wait, retry_timeout=retry,
+        maximum_lag_on_failover=as_int(problems, "dcs.maximumLagOnFailover",
+                                       data.get("maximumLagOnFailover"), 1048576, minimum=0),
+        synchronous_mode=as_bool(problems, "dcs.synchronousMode", data.get("synchronousMode"), False),
+        use_pg_rewind=as_bool(problems, "dcs.usePgRewind", data.get("usePgRewind"), True),
+        use_slots=as_bool(problems, "dcs.useSlots", data.get("useSlots"), True),
+        parameters=parameters,
+    )
+
+
+def _load_parameters(problems: Problems, raw: Any) -> dict[str, Any]:
+    data = as_mapping(problems, "postgresql.parameters", raw)
+    merged = dict(DEFAULT_PARAMETERS)
+    for name, value in data.items():
+        why = pg_params.check_parameter(name, value)
+        if why:
+            problems.add(f"postgresql.parameters.{name}", why)
+        if name in ("port", "listen_addresses", "data_directory", "hba_file", "config_file"):
+            problems.add(f"postgresql.parameters.{name}",
+                         "is managed by pgha/Patroni; use pgha:postgresql.port or paths instead")
+        merged[name] = value
+    return merged
+
+
+def _load_postgres(problems: Problems, raw: Any, scope: str) -> tuple[PostgresSettings, Any]:
+    data = as_mapping(problems, "postgresql", raw)
+    check_unknown_keys(problems, "postgresql", data, (
+        "version", "port", "osFamily", "dataDir", "binDir", "superuser", "replicationUser",
+        "rewindUser", "parameters", "keepDataOnDestroy"))
+    version = as_int(problems, "postgresql.version", data.get("version"), 15, minimum=12, maximum=18)
+    family = as_str(problems, "postgresql.osFamily", data.get("osFamily"), "debian")
+    if family not in OS_FAMILIES:
+        problems.add("postgresql.osFamily", f"{family!r} is not one of {', '.join(OS_FAMILIES)}")
+    default_data, default_bin = os_family_defaults(family, version, scope)
+    users = {}
+    for key_name, default in (("superuser", "postgres"), ("replicationUser", "replicator"),
+                              ("rewindUser", "rewind_user")):
+        users[key_name] = as_str(problems, f"postgresql.{key_name}", data.get(key_name), default,
+                                 pattern=IDENT_RE, what="role name")
+    if len(set(users.values())) != len(users):
+        problems.add("postgresql", "superuser, replicationUser and rewindUser must be different roles")
+    settings = PostgresSettings(
+        version=version,
+        port=as_port(problems, "postgresql.port", data.get("port"), 5432),
+        os_family=family,
+        data_dir=as_str(problems, "postgresql.dataDir", data.get("dataDir"), default_data,
+                        pattern=ABS_PATH_RE, what="absolute path"),
+        bin_dir=as_str(problems, "postgresql.binDir", data.get("binDir"), default_bin,
+                       pattern=ABS_PATH_RE, what="absolute path"),
+        superuser=users["superuser"], replication_user=users["replicationUser"],
+        rewind_user=users["rewindUser"],
+        keep_data_on_destroy=as_bool(problems, "postgresql.keepDataOnDestroy",
+                                     data.get("keepDataOnDestroy"), True),
+    )
+    return settings, data.get("parameters")
+
+
+def _load_patroni(problems: Problems, raw: Any, production: bool) -> PatroniSettings:
+    data = as_mapping(problems, "patroni", raw)
+    check_unknown_keys(problems, "patroni", data, ("restApiPort", "configDir", "install", "minNodes"))
+    inst = as_mapping(problems, "patroni.install", data.get("install"))
+    check_unknown_keys(problems, "patroni.install", inst,
+                       ("method", "version", "wheelhouse", "indexUrl", "proxy", "venv"))
+    method = as_str(problems, "patroni.install.method", inst.get("method"), "index")
+    if method not in ("wheelhouse", "index"):
+        problems.add("patroni.install.method", f"{method!r} is not one of wheelhouse, index")
+    wheelhouse = inst.get("wheelhouse")
+    if method == "wheelhouse":
+        wheelhouse = as_str(problems, "patroni.install.wheelhouse", wheelhouse,
+                            pattern=ABS_PATH_RE, what="absolute path of a wheel directory")
+    proxy = inst.get("proxy")
+    if proxy is not None:
+        proxy = as_str(problems, "patroni.install.proxy", proxy, pattern=r"https?://\S+", what="proxy URL")
+    index_url = inst.get("indexUrl")
+    if index_url is not None:
+        index_url = as_str(problems, "patroni.install.indexUrl", index_url,
+                           pattern=r"https?://\S+", what="index URL")
+    install = PatroniInstall(
+        method=method,
+        version=as_str(problems, "patroni.install.version", inst.get("version"), "4.1.5",
+                       pattern=r"\d+\.\d+(\.\d+)?", what="Patroni version"),
+        wheelhouse=wheelhouse, index_url=index_url, proxy=proxy,
+        venv=as_str(problems, "patroni.install.venv", inst.get("venv"), "/opt/patroni",
+                    pattern=ABS_PATH_RE, what="absolute path"),
+    )
+    return PatroniSettings(
+        restapi_port=as_port(problems, "patroni.restApiPort", data.get("restApiPort"), 8008),
+        config_dir=as_str(problems, "patroni.configDir", data.get("configDir"), "/etc/patroni",
+                          pattern=ABS_PATH_RE, what="absolute path"),
+        install=install,
+        min_nodes=as_int(problems, "patroni.minNodes", data.get("minNodes"),
+                         2 if production else 1, minimum=1),
+    )
+
+
+def _load_haproxy(problems: Problems, raw: Any) -> HaproxySettings:
+    data = as_mapping(problems, "haproxy", raw)
+    check_unknown_keys(problems, "haproxy", data, (
+        "primaryPort", "replicaPort", "statsPort", "maxconn", "checkInterMs",
+        "checkFastInterMs", "checkFall", "checkRise"))
+    return HaproxySettings(
+        primary_port=as_port(problems, "haproxy.primaryPort", data.get("primaryPort"), 5000),
+        replica_port=as_port(problems, "haproxy.replicaPort", data.get("replicaPort"), 5001),
+        stats_port=as_port(problems, "haproxy.statsPort", data.get("statsPort"), 7000),
+        maxconn=as_int(problems, "haproxy.maxconn", data.get("maxconn"), 150, minimum=1),
+        check_inter_ms=as_int(problems, "haproxy.checkInterMs", data.get("checkInterMs"), 2000, minimum=100),
+        check_fastinter_ms=as_int(problems, "haproxy.checkFastInterMs", data.get("checkFastInterMs"),
+                                  500, minimum=100),
+        check_fall=as_int(problems, "haproxy.checkFall", data.get("checkFall"), 2, minimum=1),
+        check_rise=as_int(problems, "haproxy.checkRise", data.get("checkRise"), 1, minimum=1),
+    )
+
+
+def _load_roles(problems: Problems, raw: Any, reserved: set[str],
+                role_passwords: dict[str, Any]) -> tuple[DatabaseRole, ...]:
+    roles = []
+    seen: set[str] = set()
+    for i, item in enumerate(as_list(problems, "roles", raw)):
+        path = f"roles[{i}]"
+        data = as_mapping(problems, path, item)
+        check_unknown_keys(problems, path, data, ("name", "options", "login"))
+        name = as_str(problems, f"{path}.name", data.get("name"), pattern=IDENT_RE, what="role name")
+        if name in seen:
+            problems.add(f"{path}.name", f"duplicate role {name!r}")
+        if name in reserved:
+            problems.add(f"{path}.name", f"{name!r} is one of Patroni's own roles")
+        seen.add(name)
+        options = []
+        for j, opt in enumerate(as_list(problems, f"{path}.options", data.get("options"))):
+            upper = str(opt).upper()
+            if upper not in ROLE_OPTIONS or upper in ("LOGIN", "NOLOGIN"):
+                problems.add(f"{path}.options[{j}]", f"{opt!r} is not one of "
+                             f"{', '.join(o for o in ROLE_OPTIONS if o not in ('LOGIN', 'NOLOGIN'))}")
+            else:
+                options.append(upper)
+        login = as_bool(problems, f"{path}.login", data.get("login"), True)
+        if login and name and name not in role_passwords:
+            problems.add(f"rolePasswords.{name}",
+                         f"missing password for login role {name!r}: "
+                         f"pulumi config set --secret --path 'pgha:rolePasswords.{name}' <password>")
+        roles.append(DatabaseRole(name=name, options=tuple(sorted(set(options))), login=login))
+    return tuple(roles)
+
+
+def _check_ports(problems: Problems, cfg_hosts: tuple[Host, ...], ports: dict[str, dict[str, int]]) -> None:
+    """Two services on one host cannot listen on one port."""
+    for i, host in enumerate(cfg_hosts):
+        used: dict[int, str] = {}
+        for role in host.roles:
+            for key_path, port in ports[role].items():
+                if port in used:
+                    problems.add(key_path, f"port {port} collides with {used[port]} on host "
+                                 f"{host.name} (hosts[{i}])")
+                used.setdefault(port, key_path)
+
+
+def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None) -> ClusterConfig:
+    """Validate the whole ``pgha:*`` config; raise ConfigError listing every problem."""
+    secret_keys = secret_keys or set()
+    problems = Problems()
+    check_unknown_keys(problems, "", raw, TOP_LEVEL_KEYS)
+
+    scope = as_str(problems, "scope", raw.get("scope"), pattern=NAME_RE, what="cluster scope")
+    namespace = as_str(problems, "namespace", raw.get("namespace"), "/service/",
+                       pattern=r"/([A-Za-z0-9_.-]+/)*", what="namespace (like /service/)")
+    production = as_bool(problems, "production", raw.get("production"), False)
+    generate = as_bool(problems, "generatePasswords", raw.get("generatePasswords"), False)
+    if production and generate:
+        problems.add("generatePasswords", "is for labs only; a production stack sets every "
+                     "password with pulumi config set --secret")
+
+    for name in SECRET_KEYS + ("sshPrivateKey",):
+        if name in raw and name not in secret_keys:
+            problems.add(name, f"must be a secret: pulumi config set --secret pgha:{name} ...")
+    role_passwords = as_mapping(problems, "rolePasswords", raw.get("rolePasswords"))
+    if role_passwords and "rolePasswords" not in secret_keys:
+        problems.add("rolePasswords", "must be secret: pulumi config set --secret --path "
+                     "'pgha:rolePasswords.NAME' ...")
+    if not generate:
+        for name in SECRET_KEYS:
+            if not raw.get(name):
+                problems.add(name, f"missing secret: pulumi config set --secret pgha:{name} <value>")
+
+    ssh = _load_ssh(problems, "ssh", raw.get("ssh"), None, bool(raw.get("sshPrivateKey")))
+    hosts = _load_hosts(problems, raw.get("hosts"), ssh)
+    postgres, raw_parameters = _load_postgres(problems, raw.get("postgresql"), scope or "main")
+    parameters = _load_parameters(problems, raw_parameters)
+    patroni = _load_patroni(problems, raw.get("patroni"), production)
+    dcs = _load_dcs(problems, raw.get("dcs"), parameters)
+    haproxy = _load_haproxy(problems, raw.get("haproxy"))
+
+    etcd_raw = as_mapping(problems, "etcd", raw.get("etcd"))
+    check_unknown_keys(problems, "etcd", etcd_raw, ("clientPort", "peerPort", "dataDir", "minMembers"))
+    etcd = EtcdSettings(
+        client_port=as_port(problems, "etcd.clientPort", etcd_raw.get("clientPort"), 2379),
+        peer_port=as_port(problems, "etcd.peerPort", etcd_raw.get("peerPort"), 2380),
+        data_dir=as_str(problems, "etcd.dataDir", etcd_raw.get("dataDir"),
+                        f"/var/lib/etcd/pgha-{scope or 'main'}", pattern=ABS_PATH_RE,
+                        what="absolute path"),
+        min_members=as_int(problems, "etcd.minMembers", etcd_raw.get("minMembers"),
+                           3 if production else 1, minimum=1),
+    )
+
+    etcd_hosts = [h for h in hosts if "etcd" in h.roles]
+    patroni_hosts = [h for h in hosts if "patroni" in h.roles]
+    if hosts:
+        if len(etcd_hosts) < etcd.min_members:
+            problems.add("hosts", f"{len(etcd_hosts)} host(s) have the etcd role; at least "
+                         f"{etcd.min_members} are required (pgha:etcd.minMembers)")
+        if production and len(etcd_hosts) % 2 == 0:
+            problems.add("hosts", f"a production stack needs an odd number of etcd members "
+                         f"(quorum), got {len(etcd_hosts)}")
+        if production and len(etcd_hosts) < 3:
+            problems.add("hosts", "a production stack needs at least 3 etcd members")
+        if len(patroni_hosts) < patroni.min_nodes:
+            problems.add("hosts", f"{len(patroni_hosts)} host(s) have the patroni role; at least "
+                         f"{patroni.min_nodes} are required (pgha:patroni.minNodes)")
+        if all(h.tags.nofailover for h in patroni_hosts) and patroni_hosts:
+            problems.add("hosts", "every Patroni node is tagged nofailover: no node could become leader")
+
+    _check_ports(problems, hosts, {
+        "etcd": {"etcd.clientPort": etcd.client_port, "etcd.peerPort": etcd.peer_port},
+        "patroni": {"patroni.restApiPort": patroni.restapi_port, "postgresql.port": postgres.port},
+        "haproxy": {"haproxy.primaryPort": haproxy.primary_port,
+                    "haproxy.replicaPort": haproxy.replica_port,
+                    "haproxy.statsPort": haproxy.stats_port},
+    })
+
+    cidrs = tuple(as_cidr(problems, f"clientCidrs[{i}]", c)
+                  for i, c in enumerate(as_list(problems, "clientCidrs", raw.get("clientCidrs"))))
+    hba_extra = []
+    for i, line in enumerate(as_list(problems, "pgHba", raw.get("pgHba"))):
+        text = as_str(problems, f"pgHba[{i}]", line)
+        words = text.split()
+        if words and words[0] not in ("local", "host", "hostssl", "hostnossl", "hostgssenc",
+                                      "hostnogssenc"):
+            problems.add(f"pgHba[{i}]", f"{text!r} does not start with a pg_hba connection type")
+        if "trust" in words:
+            problems.add(f"pgHba[{i}]", "trust authentication is refused: use scram-sha-256")
+        if len(words) >= 4 and words[0] != "local":
+            try:
+                ipaddress.ip_network(words[3], strict=False)
+            except ValueError:
+                if words[3] not in ("all", "samehost", "samenet"):
+                    problems.add(f"pgHba[{i}]", f"{words[3]!r} is not an address or CIDR")
+        hba_extra.append(text)
+
+    initdb_raw = raw.get("initdb")
+    initdb = DEFAULT_INITDB if initdb_raw is None else tuple(as_list(problems, "initdb", initdb_raw))
+    for i, entry in enumerate(initdb):
+        if not isinstance(entry, (str, dict)) or (isinstance(entry, dict) and len(entry) != 1):
+            problems.add(f"initdb[{i}]", "must be a flag like data-checksums or a one-key object "
+                         "like {encoding: UTF8}")
+
+    reserved = {postgres.superuser, postgres.replication_user, postgres.rewind_user}
+    roles = _load_roles(problems, raw.get("roles"), reserved, role_passwords)
+
+    problems.raise_if_any()
+    present = frozenset(k for k in SECRET_KEYS + ("sshPrivateKey",) if raw.get(k))
+    return ClusterConfig(
+        scope=scope, namespace=namespace, production=production, generate_passwords=generate,
+        hosts=hosts, etcd=etcd, patroni=patroni, postgresql=postgres, dcs=dcs,
+        initdb=tuple(initdb), client_cidrs=cidrs, pg_hba_extra=tuple(hba_extra), roles=roles,
+        haproxy=haproxy, secrets_present=present,
+    )

@@ -1,0 +1,62 @@
+"""Render the files pgha writes on hosts from templates/ (pure: text in, text out)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _quote(value: Any) -> str:
+    """Quote a scalar for YAML; JSON strings are valid YAML and escape everything."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    return json.dumps(str(value))
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["q"] = _quote
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def patroni_yml(spec: dict[str, Any], secrets: dict[str, str]) -> str:
+    return render("patroni.yml.j2", secrets=secrets, **spec)
+
+
+def patroni_unit(spec: dict[str, Any]) -> str:
+    return render("patroni.service.j2", **spec)
+
+
+def etcd_env(spec: dict[str, Any], initial_cluster: str, state: str) -> str:
+    return render(
+        "etcd.env.j2",
+        initial_cluster=initial_cluster,
+        initial_cluster_state=state,
+        peer_url=f"http://{spec['address']}:{spec['peer_port']}",
+        client_url=f"http://{spec['address']}:{spec['client_port']}",
+        **spec,
+    )
+
+
+def haproxy_cfg(spec: dict[str, Any]) -> str:
+    return render("haproxy.cfg.j2", **spec)

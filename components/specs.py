@@ -1,0 +1,170 @@
+"""Per-resource inputs planned from the config model (pure).
+
+What goes into a resource's inputs is what `pulumi preview --diff` shows a
+reviewer, so each spec holds readable, non-secret properties; passwords travel
+separately as secret inputs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from components.config import ClusterConfig, Host
+
+RESTAPI_USERNAME = "patroni"
+SCRAM = "scram-sha-256"
+
+
+def _host_cidr(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    return f"{address}/{32 if ip.version == 4 else 128}"
+
+
+def _hba(kind: str, database: str, user: str, address: str, method: str = SCRAM) -> str:
+    return f"{kind:<7} {database:<15} {user:<15} {address:<23} {method}".rstrip()
+
+
+def pg_hba_lines(cfg: ClusterConfig) -> list[str]:
+    """Runbook pg_hba, but scram-sha-256 everywhere and replication only from members."""
+    pg = cfg.postgresql
+    lines = [
+        _hba("local", "all", pg.superuser, "", "peer"),
+        _hba("local", "all", "all", "", SCRAM),
+        _hba("host", "all", "all", "127.0.0.1/32"),
+        _hba("host", "all", "all", "::1/128"),
+        _hba("host", "replication", pg.replication_user, "127.0.0.1/32"),
+        _hba("host", "replication", pg.replication_user, "::1/128"),
+    ]
+    for host in cfg.with_role("patroni"):
+        lines.append(_hba("host", "replication", pg.replication_user, _host_cidr(host.address)))
+    for host in cfg.with_role("patroni"):
+        lines.append(_hba("host", "all", pg.rewind_user, _host_cidr(host.address)))
+    for host in cfg.with_role("haproxy"):
+        lines.append(_hba("host", "all", "all", _host_cidr(host.address)))
+    for cidr in cfg.client_cidrs:
+        lines.append(_hba("host", "all", "all", cidr))
+    lines.extend(" ".join(line.split()) for line in cfg.pg_hba_extra)
+    return lines
+
+
+def etcd_client_endpoints(cfg: ClusterConfig) -> list[str]:
+    return [f"{h.address}:{cfg.etcd.client_port}" for h in cfg.with_role("etcd")]
+
+
+def connection(host: Host) -> dict[str, Any]:
+    """How providers reach a host; part of every host resource's inputs."""
+    ssh = host.ssh
+    conn: dict[str, Any] = {
+        "host": host.address, "port": ssh.port, "user": ssh.user,
+        "private_key_file": ssh.private_key_file, "known_hosts_file": ssh.known_hosts_file,
+        "strict_host_keys": ssh.strict_host_keys,
+    }
+    if ssh.bastion:
+        conn["bastion"] = {"host": ssh.bastion.address, "port": ssh.bastion.port,
+                           "user": ssh.bastion.user}
+    return conn
+
+
+def etcd_member_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
+    members = cfg.with_role("etcd")
+    return {
+        "name": host.name,
+        "address": host.address,
+        "client_port": cfg.etcd.client_port,
+        "peer_port": cfg.etcd.peer_port,
+        "data_dir": cfg.etcd.data_dir,
+        "cluster_token": f"pgha-{cfg.scope}",
+        # Only read when this member founds a new cluster; ignored by diffs.
+        "bootstrap_cluster": {m.name: f"http://{m.address}:{cfg.etcd.peer_port}" for m in members},
+    }
+
+
+def patroni_install_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
+    inst = cfg.patroni.install
+    spec: dict[str, Any] = {
+        "method": inst.method, "version": inst.version, "venv": inst.venv,
+        "config_dir": cfg.patroni.config_dir, "scope": cfg.scope,
+        "os_family": cfg.postgresql.os_family, "pg_version": cfg.postgresql.version,
+    }
+    if inst.method == "wheelhouse":
+        spec["wheelhouse"] = inst.wheelhouse
+    if inst.index_url:
+        spec["index_url"] = inst.index_url
+    if inst.proxy:
+        spec["proxy"] = inst.proxy
+    return spec
+
+
+def _pgpass(cfg: ClusterConfig) -> str:
+    home = "/var/lib/pgsql" if cfg.postgresql.os_family == "rhel" else "/var/lib/postgresql"
+    return f"{home}/.pgpass.patroni"
+
+
+def patroni_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
+    pg = cfg.postgresql
+    dcs = cfg.dcs
+    return {
+        "scope": cfg.scope,
+        "namespace": cfg.namespace,
+        "name": host.name,
+        "address": host.address,
+        "restapi_port": cfg.patroni.restapi_port,
+        "restapi_username": RESTAPI_USERNAME,
+        "etcd_hosts": etcd_client_endpoints(cfg),
+        "pg_port": pg.port,
+        "data_dir": pg.data_dir,
+        "bin_dir": pg.bin_dir,
+        "pgpass": _pgpass(cfg),
+        "socket_dir": "/var/run/postgresql",
+        "users": {"superuser": pg.superuser, "replication": pg.replication_user,
+                  "rewind": pg.rewind_user},
+        "pg_hba": pg_hba_lines(cfg),
+        "tags": host.tags.as_patroni(),
+        "config_file": f"{cfg.patroni.config_dir}/patroni.yml",
+        "venv": cfg.patroni.install.venv,
+        "keep_data_on_destroy": pg.keep_data_on_destroy,
+        # Seeds a new cluster only; ignored by diffs (the DCS holds the live copy).
+        "bootstrap": {
+            "dcs": {
+                "ttl": dcs.ttl, "loop_wait": dcs.loop_wait, "retry_timeout": dcs.retry_timeout,
+                "maximum_lag_on_failover": dcs.maximum_lag_on_failover,
+                "synchronous_mode": dcs.synchronous_mode, "use_pg_rewind": dcs.use_pg_rewind,
+                "use_slots": dcs.use_slots,
+                "parameters": {k: str(v) for k, v in dcs.parameters.items()},
+            },
+            "initdb": list(cfg.initdb),
+        },
+    }
+
+
+def patroni_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
+    patroni_hosts = cfg.with_role("patroni")
+    return {
+        "scope": cfg.scope,
+        "namespace": cfg.namespace,
+        "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)],
+        "members": {h.name: f"http://{h.address}:{cfg.patroni.restapi_port}" for h in patroni_hosts},
+        "restapi_username": RESTAPI_USERNAME,
+    }
+
+
+def haproxy_spec(cfg: ClusterConfig) -> dict[str, Any]:
+    ha = cfg.haproxy
+    return {
+        "scope": cfg.scope,
+        "primary_port": ha.primary_port,
+        "replica_port": ha.replica_port,
+        "stats_port": ha.stats_port,
+        "maxconn": ha.maxconn,
+        "global_maxconn": max(1000, ha.maxconn * 2 * max(1, len(cfg.with_role("patroni")))),
+        "inter_ms": ha.check_inter_ms,
+        "fastinter_ms": ha.check_fastinter_ms,
+        "fall": ha.check_fall,
+        "rise": ha.check_rise,
+        "servers": [
+            {"name": h.name, "address": h.address, "pg_port": cfg.postgresql.port,
+             "api_port": cfg.patroni.restapi_port}
+            for h in cfg.with_role("patroni")
+        ],
+    }

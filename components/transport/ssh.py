@@ -1,0 +1,216 @@
+"""Commands and files on a host over SSH (paramiko).
+
+Host keys are checked against an explicit known_hosts file by default; an
+unknown or changed key stops the operation. Commands never carry secrets on
+their command line (visible in ``ps``): secret content travels on stdin.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+
+class SshError(RuntimeError):
+    """A failed step on a host; the message names the host and the step."""
+
+    def __init__(self, host: str, step: str, detail: str) -> None:
+        self.host = host
+        self.step = step
+        super().__init__(f"{host}: {step}: {detail}")
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int = 22
+    user: str = "root"
+    private_key_file: str | None = None
+    private_key: str | None = None
+    known_hosts_file: str = "~/.ssh/known_hosts"
+    strict_host_keys: bool = True
+    bastion: tuple[str, int, str] | None = None
+
+    @classmethod
+    def from_props(cls, conn: dict[str, Any], private_key: str | None = None) -> SshTarget:
+        bastion = conn.get("bastion")
+        return cls(
+            host=conn["host"], port=int(conn.get("port", 22)), user=conn.get("user", "root"),
+            private_key_file=conn.get("private_key_file"), private_key=private_key or None,
+            known_hosts_file=conn.get("known_hosts_file") or "~/.ssh/known_hosts",
+            strict_host_keys=bool(conn.get("strict_host_keys", True)),
+            bastion=(bastion["host"], int(bastion.get("port", 22)), bastion.get("user", "root"))
+            if bastion else None,
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def _load_key(target: SshTarget) -> paramiko.PKey | None:
+    if target.private_key:
+        text = target.private_key
+        for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+            try:
+                return kind.from_private_key(io.StringIO(text))
+            except paramiko.SSHException:
+                continue
+        raise SshError(target.host, "load SSH key", "pgha:sshPrivateKey is not a supported private key")
+    return None
+
+
+def _client(target: SshTarget) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    known = os.path.expanduser(target.known_hosts_file)
+    if os.path.exists(known):
+        client.load_host_keys(known)
+    elif target.strict_host_keys:
+        raise SshError(target.host, "check host key", f"known_hosts file {known} does not exist")
+    client.set_missing_host_key_policy(
+        paramiko.RejectPolicy() if target.strict_host_keys else paramiko.AutoAddPolicy())
+    return client
+
+
+class Ssh:
+    """One SSH session to one host, used as a context manager."""
+
+    def __init__(self, target: SshTarget, connect_timeout: float = 15.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+        self._bastion: paramiko.SSHClient | None = None
+
+    def __enter__(self) -> Ssh:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        t = self.target
+        key = _load_key(t)
+        sock = None
+        try:
+            if t.bastion:
+                b_host, b_port, b_user = t.bastion
+                self._bastion = _client(t)
+                self._bastion.connect(b_host, port=b_port, username=b_user, pkey=key,
+                                      key_filename=t.private_key_file, timeout=self.connect_timeout,
+                                      allow_agent=False, look_for_keys=False)
+                transport = self._bastion.get_transport()
+                assert transport is not None
+                sock = transport.open_channel("direct-tcpip", (t.host, t.port), ("127.0.0.1", 0))
+            self._client = _client(t)
+            self._client.connect(t.host, port=t.port, username=t.user, pkey=key,
+                                 key_filename=t.private_key_file, timeout=self.connect_timeout,
+                                 banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
+                                 allow_agent=False, look_for_keys=False, sock=sock)
+        except paramiko.BadHostKeyException as err:
+            self.close()
+            raise SshError(t.host, "check host key",
+                           f"host key CHANGED (got {err.key.get_fingerprint().hex()}); refusing to "
+                           f"connect. If the host was rebuilt, update {t.known_hosts_file}") from err
+        except paramiko.SSHException as err:
+            self.close()
+            raise SshError(t.host, "connect over SSH", str(err)) from err
+        except (OSError, socket.timeout) as err:
+            self.close()
+            raise SshError(t.host, "connect over SSH", f"{t.user}@{t.host}:{t.port}: {err}") from err
+
+    def close(self) -> None:
+        for client in (self._client, self._bastion):
+            if client is not None:
+                client.close()
+        self._client = None
+        self._bastion = None
+
+    def run(self, script: str, *, step: str, stdin: str | bytes | None = None, sudo: bool = True,
+            check: bool = True, timeout: float = 300.0) -> Result:
+        """Run a shell script as root (through sudo unless we are root)."""
+        if self._client is None:
+            raise SshError(self.target.host, step, "not connected")
+        command = f"sh -c {shlex.quote(script)}"
+        if sudo and self.target.user != "root":
+            command = f"sudo -n {command}"
+        try:
+            chan_in, chan_out, chan_err = self._client.exec_command(command, timeout=timeout)
+            if stdin is not None:
+                chan_in.write(stdin.encode() if isinstance(stdin, str) else stdin)
+            chan_in.channel.shutdown_write()
+            out = chan_out.read().decode(errors="replace")
+            err = chan_err.read().decode(errors="replace")
+            code = chan_out.channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, socket.timeout) as exc:
+            raise SshError(self.target.host, step, f"connection lost: {exc}") from exc
+        if check and code != 0:
+            detail = (err.strip() or out.strip())[-1500:]
+            raise SshError(self.target.host, step, f"exit {code}: {detail}")
+        return Result(code, out, err)
+
+    def write_file(self, path: str, content: str | bytes, *, step: str, mode: str = "0644",
+                   owner: str = "root", group: str = "root") -> bool:
+        """Atomically install a file; content travels on stdin. Returns True if it changed."""
+        directory = os.path.dirname(path)
+        script = (
+            "set -e; umask 077; "
+            f"tmp=$(mktemp {shlex.quote(directory)}/.pgha.XXXXXX); "
+            'cat > "$tmp"; '
+            f'chown {shlex.quote(owner)}:{shlex.quote(group)} "$tmp"; chmod {mode} "$tmp"; '
+            f'if cmp -s "$tmp" {shlex.quote(path)} && '
+            f'[ "$(stat -c %a:%U:%G {shlex.quote(path)})" = "$(stat -c %a:%U:%G "$tmp")" ]; '
+            'then rm -f "$tmp"; echo unchanged; '
+            f'else mv -f "$tmp" {shlex.quote(path)}; echo changed; fi'
+        )
+        result = self.run(script, step=step, stdin=content)
+        return result.stdout.strip().endswith("changed") and "unchanged" not in result.stdout
+
+    def upload_dir(self, local_dir: str, remote_dir: str, *, step: str) -> None:
+        """Copy a directory of files (a wheelhouse) to the host with SFTP."""
+        if self._client is None:
+            raise SshError(self.target.host, step, "not connected")
+        staging = f"/tmp/pgha-upload-{os.getpid()}-{int(time.time())}"
+        try:
+            sftp = self._client.open_sftp()
+            try:
+                sftp.mkdir(staging, mode=0o755)
+                for name in sorted(os.listdir(local_dir)):
+                    src = os.path.join(local_dir, name)
+                    if os.path.isfile(src):
+                        sftp.put(src, f"{staging}/{name}")
+            finally:
+                sftp.close()
+        except (OSError, paramiko.SSHException) as err:
+            raise SshError(self.target.host, step, f"upload {local_dir}: {err}") from err
+        self.run(f"rm -rf {shlex.quote(remote_dir)} && mkdir -p {shlex.quote(os.path.dirname(remote_dir))} "
+                 f"&& mv {staging} {shlex.quote(remote_dir)} && chown -R root:root {shlex.quote(remote_dir)}",
+                 step=step)
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 1.0, what: str,
+             host: str = "") -> Any:
+    """Poll until predicate() returns a truthy value; the error names what was awaited."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as err:  # noqa: BLE001 - remembered and reported on timeout
+            last_error = err
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            raise SshError(host or "pgha", f"wait for {what}", f"not reached within {timeout:.0f}s{detail}")
+        time.sleep(interval)
