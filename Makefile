@@ -21,10 +21,10 @@ lab-deps:
 
 ## lab-up: boot the lab hosts and `pulumi up` the lab stack
 lab-up: setup
-	@$(ENV) .venv/bin/python -m scripts.lab_stack up
+	@$(ENV) .venv/bin/python scripts/lab_stack.py up
 
 lab-down:
-	@$(ENV) .venv/bin/python -m scripts.lab_stack down
+	@$(ENV) .venv/bin/python scripts/lab_stack.py down
 
 ## test: everything, on real lab hosts (needs root)
 test: setup

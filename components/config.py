@@ -413,7 +413,7 @@ def _load_haproxy(problems: Problems, raw: Any) -> HaproxySettings:
 
 
 def _load_roles(problems: Problems, raw: Any, reserved: set[str],
-                role_passwords: dict[str, Any]) -> tuple[DatabaseRole, ...]:
+                role_passwords: dict[str, Any], generate: bool) -> tuple[DatabaseRole, ...]:
     roles = []
     seen: set[str] = set()
     for i, item in enumerate(as_list(problems, "roles", raw)):
@@ -435,7 +435,7 @@ def _load_roles(problems: Problems, raw: Any, reserved: set[str],
             else:
                 options.append(upper)
         login = as_bool(problems, f"{path}.login", data.get("login"), True)
-        if login and name and name not in role_passwords:
+        if login and name and name not in role_passwords and not generate:
             problems.add(f"rolePasswords.{name}",
                          f"missing password for login role {name!r}: "
                          f"pulumi config set --secret --path 'pgha:rolePasswords.{name}' <password>")
@@ -470,7 +470,7 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
         problems.add("generatePasswords", "is for labs only; a production stack sets every "
                      "password with pulumi config set --secret")
 
-    for name in SECRET_KEYS + ("sshPrivateKey",):
+    for name in (*SECRET_KEYS, "sshPrivateKey"):
         if name in raw and name not in secret_keys:
             problems.add(name, f"must be a secret: pulumi config set --secret pgha:{name} ...")
     role_passwords = as_mapping(problems, "rolePasswords", raw.get("rolePasswords"))
@@ -554,10 +554,10 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
                          "like {encoding: UTF8}")
 
     reserved = {postgres.superuser, postgres.replication_user, postgres.rewind_user}
-    roles = _load_roles(problems, raw.get("roles"), reserved, role_passwords)
+    roles = _load_roles(problems, raw.get("roles"), reserved, role_passwords, generate)
 
     problems.raise_if_any()
-    present = frozenset(k for k in SECRET_KEYS + ("sshPrivateKey",) if raw.get(k))
+    present = frozenset(k for k in (*SECRET_KEYS, "sshPrivateKey") if raw.get(k))
     return ClusterConfig(
         scope=scope, namespace=namespace, production=production, generate_passwords=generate,
         hosts=hosts, etcd=etcd, patroni=patroni, postgresql=postgres, dcs=dcs,

@@ -48,7 +48,8 @@ class PulumiCli:
         )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"pulumi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
+                f"pulumi {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
         return proc
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import shlex
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +124,7 @@ class Ssh:
         except paramiko.SSHException as err:
             self.close()
             raise SshError(t.host, "connect over SSH", str(err)) from err
-        except (OSError, socket.timeout) as err:
+        except (TimeoutError, OSError) as err:
             self.close()
             raise SshError(t.host, "connect over SSH", f"{t.user}@{t.host}:{t.port}: {err}") from err
 
@@ -152,7 +151,7 @@ class Ssh:
             out = chan_out.read().decode(errors="replace")
             err = chan_err.read().decode(errors="replace")
             code = chan_out.channel.recv_exit_status()
-        except (paramiko.SSHException, OSError, socket.timeout) as exc:
+        except (TimeoutError, paramiko.SSHException, OSError) as exc:
             raise SshError(self.target.host, step, f"connection lost: {exc}") from exc
         if check and code != 0:
             detail = (err.strip() or out.strip())[-1500:]

@@ -1,0 +1,28 @@
+"""pgha: a highly available PostgreSQL cluster (etcd + Patroni + HAProxy) from stack config."""
+
+import pulumi
+
+from components.cluster import PostgresHaCluster
+from components.config import load_cluster_config
+from components.stack_config import read_namespace
+from components.validation import ConfigError
+
+raw, secret_keys = read_namespace("pgha")
+try:
+    config = load_cluster_config(raw, secret_keys)
+except ConfigError as err:
+    # Before any resource is registered: nothing is touched on any host.
+    raise pulumi.RunError(str(err)) from None
+
+cluster = PostgresHaCluster(config, raw)
+
+pulumi.export("primary", [f"postgresql://{addr}" for addr in cluster.haproxy.primary_endpoints])
+pulumi.export("replicas", [f"postgresql://{addr}" for addr in cluster.haproxy.replica_endpoints])
+pulumi.export("members", cluster.patroni.members)
+if config.generate_passwords and not raw.get("superuserPassword"):
+    # A lab has no secret store: `pulumi stack output superuserPassword --show-secrets`.
+    pulumi.export("superuserPassword", cluster.secrets.passwords["superuser"])
+pulumi.export("psql", [
+    f"psql 'host={addr.split(':')[0]} port={addr.split(':')[1]} user=postgres dbname=postgres'"
+    for addr in cluster.haproxy.primary_endpoints
+])

@@ -1,0 +1,32 @@
+"""PostgresHaCluster: the runbook's whole cluster, etcd -> Patroni -> HAProxy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components.config import ClusterConfig
+from components.etcd import EtcdCluster
+from components.haproxy import HAProxy
+from components.patroni import PatroniClusterComponent
+from components.secrets import cluster_secrets
+
+
+class PostgresHaCluster(pulumi.ComponentResource):
+    def __init__(self, cfg: ClusterConfig, raw_config: dict[str, Any],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgha:index:PostgresHaCluster", cfg.scope, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        secrets = cluster_secrets(cfg, raw_config, parent=self)
+        self.secrets = secrets
+        self.etcd = EtcdCluster(f"{cfg.scope}-etcd", cfg, secrets, child)
+        etcd_members = list(self.etcd.members.values())
+        self.patroni = PatroniClusterComponent(f"{cfg.scope}-patroni", cfg, secrets, etcd_members, child)
+        self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets,
+                               list(self.patroni.nodes.values()), child)
+        self.register_outputs({
+            "primary": self.haproxy.primary_endpoints,
+            "replicas": self.haproxy.replica_endpoints,
+            "members": self.patroni.members,
+        })

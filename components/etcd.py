@@ -1,0 +1,27 @@
+"""EtcdCluster: the DCS, one EtcdMember per host with the etcd role."""
+
+from __future__ import annotations
+
+import pulumi
+
+from components import specs
+from components.config import ClusterConfig
+from components.resources import EtcdMember
+from components.secrets import ClusterSecrets
+
+
+class EtcdCluster(pulumi.ComponentResource):
+    members: dict[str, EtcdMember]
+
+    def __init__(self, name: str, cfg: ClusterConfig, secrets: ClusterSecrets,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgha:index:EtcdCluster", name, None, opts)
+        self.members = {}
+        for host in cfg.with_role("etcd"):
+            props = {"connection": specs.connection(host), **specs.etcd_member_spec(cfg, host)}
+            if secrets.ssh_private_key is not None:
+                props["ssh_private_key"] = secrets.ssh_private_key
+            self.members[host.name] = EtcdMember(
+                f"{cfg.scope}-etcd-{host.name}", props, pulumi.ResourceOptions(parent=self))
+        self.endpoints = [f"http://{e}" for e in specs.etcd_client_endpoints(cfg)]
+        self.register_outputs({"endpoints": self.endpoints})

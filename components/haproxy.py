@@ -1,0 +1,30 @@
+"""HAProxy: one HAProxyConfig per balancer host, fronting the Patroni nodes."""
+
+from __future__ import annotations
+
+import pulumi
+
+from components import specs
+from components.config import ClusterConfig
+from components.resources import HAProxyConfig
+from components.secrets import ClusterSecrets
+
+
+class HAProxy(pulumi.ComponentResource):
+    configs: dict[str, HAProxyConfig]
+
+    def __init__(self, name: str, cfg: ClusterConfig, secrets: ClusterSecrets,
+                 depends_on: list[pulumi.Resource], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgha:index:HAProxy", name, None, opts)
+        self.configs = {}
+        spec = specs.haproxy_spec(cfg)
+        for host in cfg.with_role("haproxy"):
+            props = {"connection": specs.connection(host), **spec}
+            if secrets.ssh_private_key is not None:
+                props["ssh_private_key"] = secrets.ssh_private_key
+            self.configs[host.name] = HAProxyConfig(
+                f"{cfg.scope}-haproxy-{host.name}", props,
+                pulumi.ResourceOptions(parent=self, depends_on=depends_on))
+        self.primary_endpoints = [f"{h.address}:{cfg.haproxy.primary_port}" for h in cfg.with_role("haproxy")]
+        self.replica_endpoints = [f"{h.address}:{cfg.haproxy.replica_port}" for h in cfg.with_role("haproxy")]
+        self.register_outputs({"primary": self.primary_endpoints, "replicas": self.replica_endpoints})

@@ -1,0 +1,80 @@
+"""PatroniCluster: host preparation, the cluster's DCS entry, one PatroniNode
+per host, and the database roles created on the leader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components import specs
+from components.config import ClusterConfig
+from components.resources import DatabaseRole, PatroniCluster, PatroniInstall, PatroniNode
+from components.secrets import ClusterSecrets
+
+
+def _with_key(props: dict[str, Any], secrets: ClusterSecrets) -> dict[str, Any]:
+    if secrets.ssh_private_key is not None:
+        props["ssh_private_key"] = secrets.ssh_private_key
+    return props
+
+
+class PatroniClusterComponent(pulumi.ComponentResource):
+    nodes: dict[str, PatroniNode]
+
+    def __init__(self, name: str, cfg: ClusterConfig, secrets: ClusterSecrets,
+                 depends_on: list[pulumi.Resource], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgha:index:PatroniCluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        patroni_secrets = secrets.patroni()
+
+        # Created after etcd and deleted before it; deleted after every node,
+        # when it removes the cluster's keys from the DCS.
+        self.cluster = PatroniCluster(
+            f"{cfg.scope}-cluster",
+            {**specs.patroni_cluster_spec(cfg), "secrets": patroni_secrets},
+            pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+        )
+
+        self.installs: dict[str, PatroniInstall] = {}
+        self.nodes = {}
+        for host in cfg.with_role("patroni"):
+            install = PatroniInstall(
+                f"{cfg.scope}-install-{host.name}",
+                _with_key({"connection": specs.connection(host), **specs.patroni_install_spec(cfg, host)},
+                          secrets),
+                child,
+            )
+            self.installs[host.name] = install
+            self.nodes[host.name] = PatroniNode(
+                f"{cfg.scope}-node-{host.name}",
+                _with_key({"connection": specs.connection(host), **specs.patroni_node_spec(cfg, host),
+                           "secrets": patroni_secrets}, secrets),
+                pulumi.ResourceOptions(parent=self, depends_on=[install, self.cluster, *depends_on]),
+            )
+
+        nodes_info = {
+            host.name: {"connection": specs.connection(host),
+                        "api_url": f"http://{host.address}:{cfg.patroni.restapi_port}"}
+            for host in cfg.with_role("patroni")
+        }
+        self.roles: dict[str, DatabaseRole] = {}
+        for role in cfg.roles:
+            props: dict[str, Any] = {
+                "scope": cfg.scope, "name": role.name, "options": list(role.options), "login": role.login,
+                "nodes": nodes_info, "bin_dir": cfg.postgresql.bin_dir,
+                "socket_dir": "/var/run/postgresql", "pg_port": cfg.postgresql.port,
+            }
+            if role.name in secrets.role_passwords:
+                props["secrets"] = pulumi.Output.secret(
+                    secrets.role_passwords[role.name].apply(lambda p: {"password": p}))
+            self.roles[role.name] = DatabaseRole(
+                f"{cfg.scope}-role-{role.name}", _with_key(props, secrets),
+                pulumi.ResourceOptions(parent=self, depends_on=list(self.nodes.values())),
+            )
+
+        self.members = pulumi.Output.all(*[
+            pulumi.Output.all(name=name, role=node.role, timeline=node.timeline)
+            for name, node in self.nodes.items()
+        ])
+        self.register_outputs({"members": self.members})

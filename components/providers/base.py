@@ -1,0 +1,55 @@
+"""What every pgha dynamic provider shares: SSH from inputs, and diffs from state.
+
+Diffs compare the stored inputs with the new ones and never touch a host, so
+a no-change preview opens no connection. Some inputs only matter when a thing
+is first created (an etcd member's founding peers, Patroni's bootstrap
+section); they are listed in CREATE_ONLY and ignored by diffs, so adding a
+member does not show as a change on every other one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pulumi.dynamic import DiffResult, ResourceProvider
+
+from components.transport.ssh import Ssh, SshTarget
+
+SECRET_INPUTS = ("secrets", "ssh_private_key")
+
+
+class HostProvider(ResourceProvider):
+    # Providers capture nothing secret (secrets arrive as inputs), so the pickled
+    # provider need not be encrypted on every preview (pulumi/pulumi#15538).
+    serialize_as_secret_always = False
+
+    CREATE_ONLY: ClassVar[frozenset[str]] = frozenset()
+    REPLACE_ON: ClassVar[frozenset[str]] = frozenset()
+    # Outputs a refresh may change to show drift; a value other than the
+    # desired one here makes the next `up` repair the resource.
+    OBSERVED: ClassVar[dict[str, Any]] = {}
+
+    def ssh(self, props: dict[str, Any], connect_timeout: float = 15.0) -> Ssh:
+        target = SshTarget.from_props(props["connection"], props.get("ssh_private_key"))
+        return Ssh(target, connect_timeout=connect_timeout)
+
+    def changed_keys(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
+        keys = (set(olds) | set(news)) - set(self.CREATE_ONLY) - set(self.OBSERVED)
+        keys = {k for k in keys if not k.startswith("__") and (k in news)}
+        return sorted(k for k in keys if olds.get(k) != news.get(k))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = self.changed_keys(olds, news)
+        drifted = [k for k, want in self.OBSERVED.items() if k in olds and olds[k] != want]
+        replaces = [k for k in changed if k in self.REPLACE_ON]
+        return DiffResult(
+            changes=bool(changed or drifted),
+            replaces=replaces,
+            stables=[k for k in news if k not in changed],
+            delete_before_replace=bool(replaces),
+        )
+
+
+def public(props: dict[str, Any]) -> dict[str, Any]:
+    """Inputs as outputs; secret inputs are kept (marked secret by the resource)."""
+    return {k: v for k, v in props.items() if not k.startswith("__")}

@@ -1,0 +1,117 @@
+"""DatabaseRole: a PostgreSQL role created, altered and dropped on the leader.
+
+Patroni 4 no longer creates bootstrap `users`, so pgha does it after the
+cluster is up. The password never reaches the server in plaintext: pgha sends
+a SCRAM-SHA-256 verifier computed here, through psql's stdin.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import shlex
+from typing import Any
+
+from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
+
+from components.providers.base import HostProvider, public
+from components.transport.rest import PatroniApi, RestError
+from components.transport.ssh import Ssh, SshError, SshTarget, wait_for
+
+TOGGLES = ("SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS")
+LEADER_ROLES = ("leader", "primary", "master")
+
+
+def scram_verifier(password: str, iterations: int = 4096, salt: bytes | None = None) -> str:
+    """PostgreSQL's SCRAM-SHA-256 password verifier (RFC 5802 / 7677)."""
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def role_options_sql(options: list[str], login: bool) -> str:
+    chosen = set(options)
+    words = [opt if opt in chosen else f"NO{opt}" for opt in TOGGLES]
+    words.append("LOGIN" if login else "NOLOGIN")
+    return " ".join(words)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class DatabaseRoleProvider(HostProvider):
+    REPLACE_ON = frozenset({"name"})
+
+    def _leader(self, props: dict[str, Any]) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            for host in props["nodes"].values():
+                try:
+                    if PatroniApi(host["api_url"]).patroni().get("role") in LEADER_ROLES:
+                        return host
+                except RestError:
+                    continue
+            return None
+
+        return wait_for(find, timeout=120, interval=2, what="a Patroni leader to run SQL on",
+                        host=props["scope"])
+
+    def _psql(self, props: dict[str, Any], sql: str, step: str) -> str:
+        leader = self._leader(props)
+        target = SshTarget.from_props(leader["connection"], props.get("ssh_private_key"))
+        psql = (f"runuser -u postgres -- {shlex.quote(props['bin_dir'])}/psql -X -q -At "
+                f"-v ON_ERROR_STOP=1 -h {shlex.quote(props['socket_dir'])} -p {int(props['pg_port'])} "
+                f"-d postgres")
+        with Ssh(target) as ssh:
+            return ssh.run(psql, step=step, stdin=sql).stdout.strip()
+
+    def _apply(self, props: dict[str, Any], create: bool) -> None:
+        name = props["name"]
+        options = role_options_sql(props.get("options", []), props.get("login", True))
+        password = (props.get("secrets") or {}).get("password")
+        pw_sql = f" PASSWORD {_literal(scram_verifier(password))}" if password else ""
+        verb = "CREATE" if create else "ALTER"
+        sql = (f"SELECT 1 FROM pg_roles WHERE rolname = {_literal(name)}\n")
+        exists = self._psql(props, sql, step=f"look up role {name}") == "1"
+        if exists:
+            verb = "ALTER"
+        self._psql(props, f"{verb} ROLE {_ident(name)} WITH {options}{pw_sql};\n",
+                   step=f"{verb.lower()} role {name}")
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        self._apply(props, create=True)
+        return CreateResult(id_=f"{props['scope']}/role/{props['name']}", outs=public(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        self._apply(news, create=False)
+        return UpdateResult(outs=public(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        try:
+            found = self._psql(props, f"SELECT 1 FROM pg_roles WHERE rolname = {_literal(props['name'])}\n",
+                               step=f"look up role {props['name']}")
+        except SshError:
+            return ReadResult(id_=id_, outs=props)
+        return ReadResult(id_=id_ if found == "1" else "", outs=props)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        try:
+            self._psql(props, f"DROP ROLE IF EXISTS {_ident(props['name'])};\n",
+                       step=f"drop role {props['name']}")
+        except SshError as err:
+            if "wait for a Patroni leader" in str(err):
+                return  # the cluster itself is gone (stack destroy): nothing left to drop
+            raise

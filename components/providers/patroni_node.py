@@ -1,0 +1,180 @@
+"""PatroniNode: Patroni (and so PostgreSQL) running on one host.
+
+A create returns only once the node runs as the leader or as a streaming
+replica. Changes to node-local settings rewrite patroni.yml and reload.
+A delete never stops a leader that still has healthy replicas: it switches
+over first (unless the replicas are themselves going away, as in a destroy).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from typing import Any, ClassVar
+
+from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
+
+from components import render
+from components.providers.base import HostProvider, public
+from components.transport.rest import EtcdGateway, PatroniApi, RestError
+from components.transport.ssh import Ssh, SshError, wait_for
+
+LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
+
+
+def api(props: dict[str, Any]) -> PatroniApi:
+    return PatroniApi(f"http://{props['address']}:{props['restapi_port']}",
+                      auth=(props["restapi_username"], props["secrets"]["restapi"]))
+
+
+def ready_status(node: PatroniApi) -> dict[str, Any] | None:
+    """The node's /patroni when it is a running leader or a streaming replica."""
+    status = node.patroni()
+    if status.get("state") != "running":
+        return None
+    if status.get("role") in LEADER_ROLES:
+        return status
+    if status.get("role") == "replica" and status.get("replication_state") == "streaming":
+        return status
+    return None
+
+
+def _journal(ssh: Ssh) -> str:
+    out = ssh.run("journalctl -u patroni -n 15 --no-pager -o cat", step="read patroni's journal",
+                  check=False)
+    return out.stdout.strip()[-2000:]
+
+
+def _leads(node: PatroniApi, name: str) -> bool:
+    return any(m.get("name") == name and m.get("role") in LEADER_ROLES
+               for m in node.cluster().get("members", []))
+
+
+def _member_key(props: dict[str, Any]) -> str:
+    return f"{props['namespace'].rstrip('/')}/{props['scope']}/members/{props['name']}"
+
+
+class PatroniNodeProvider(HostProvider):
+    CREATE_ONLY = frozenset({"bootstrap"})
+    REPLACE_ON = frozenset({"name", "address", "scope", "namespace", "data_dir", "pg_port"})
+    OBSERVED: ClassVar[dict[str, Any]] = {"running": True}
+
+    def _write_config(self, ssh: Ssh, props: dict[str, Any]) -> bool:
+        data_dir = shlex.quote(props["data_dir"])
+        ssh.run(f"install -d -o postgres -g postgres -m 0700 {data_dir}",
+                step="create the PostgreSQL data directory")
+        text = render.patroni_yml(props, props["secrets"])
+        return ssh.write_file(props["config_file"], text, step="write patroni.yml", mode="0600",
+                              owner="postgres", group="postgres")
+
+    def _wait_ready(self, ssh: Ssh, props: dict[str, Any], timeout: float) -> dict[str, Any]:
+        node = api(props)
+        try:
+            return wait_for(lambda: ready_status(node), timeout=timeout, interval=2,
+                            what="Patroni running as leader or streaming replica",
+                            host=props["address"])
+        except SshError as err:
+            raise SshError(props["address"], err.step, f"{err}\npatroni journal:\n{_journal(ssh)}") from err
+
+    def _outs(self, props: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        return {**public(props), "running": True, "role": status.get("role", ""),
+                "timeline": status.get("timeline", 0),
+                "patroni_version": status.get("patroni", {}).get("version", "")}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        with self.ssh(props) as ssh:
+            changed = self._write_config(ssh, props)
+            active = ssh.run("systemctl is-active patroni", step="check patroni", check=False)
+            if active.stdout.strip() == "active":
+                if changed:
+                    ssh.run("systemctl reload patroni", step="reload patroni")
+            else:
+                ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
+                        step="start patroni")
+            status = self._wait_ready(ssh, props, timeout=900)
+        return CreateResult(id_=f"{props['scope']}/{props['name']}", outs=self._outs(props, status))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        with self.ssh(news) as ssh:
+            changed = self._write_config(ssh, news)
+            active = ssh.run("systemctl is-active patroni", step="check patroni", check=False)
+            if active.stdout.strip() != "active":
+                ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
+                        step="start patroni")
+            elif changed:
+                ssh.run("systemctl reload patroni", step="reload patroni")
+                time.sleep(1)
+            status = self._wait_ready(ssh, news, timeout=900)
+        return UpdateResult(outs=self._outs(news, status))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        outs = dict(props)
+        try:
+            status = api(props).patroni()
+            outs["running"] = status.get("state") == "running"
+            outs["role"] = status.get("role", "")
+            outs["timeline"] = status.get("timeline", 0)
+        except RestError:
+            outs["running"] = False
+        return ReadResult(id_=id_, outs=outs)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        node = api(props)
+        try:
+            node.patroni()
+            reachable = True
+        except RestError:
+            reachable = False
+        if reachable:
+            self._step_down_if_leader(node, props)
+        try:
+            with self.ssh(props, connect_timeout=10) as ssh:
+                ssh.run("systemctl disable --now patroni >/dev/null 2>&1 || true",
+                        step="stop patroni")
+                ssh.run(f"rm -f {shlex.quote(props['config_file'])}", step="remove patroni.yml")
+                if not props.get("keep_data_on_destroy", True):
+                    ssh.run(f"rm -rf {shlex.quote(props['data_dir'])}",
+                            step="remove the data directory (postgresql.keepDataOnDestroy: false)")
+        except SshError as err:
+            if err.step != "connect over SSH":
+                raise
+            # The host is gone (a dead host being replaced): clean the DCS below.
+        self._forget_member(props)
+
+    def _forget_member(self, props: dict[str, Any]) -> None:
+        """Drop the member's key from the DCS, as `patronictl remove` would for the cluster."""
+        for endpoint in props["etcd_hosts"]:
+            gateway = EtcdGateway(f"http://{endpoint}")
+            if gateway.healthy():
+                gateway.delete_key(_member_key(props))
+                return
+
+    def _step_down_if_leader(self, node: PatroniApi, props: dict[str, Any]) -> None:
+        """Switch over to a healthy replica before stopping a leader."""
+        grace_until = time.monotonic() + 15
+        while True:
+            cluster = node.cluster()
+            members = cluster.get("members", [])
+            me = next((m for m in members if m.get("name") == props["name"]), None)
+            if me is None or me.get("role") not in LEADER_ROLES:
+                return
+            others = [m for m in members if m.get("name") != props["name"]]
+            if not others:
+                return
+            if time.monotonic() < grace_until:
+                # In a stack destroy the replicas are being deleted too: let them go first.
+                time.sleep(2)
+                continue
+            candidates = [m for m in others if m.get("state") in ("streaming", "running")
+                          and not (m.get("tags") or {}).get("nofailover")]
+            if not candidates:
+                raise SshError(props["address"], "switch over before removing the leader",
+                               "no healthy replica to hand the leader role to")
+            target = min(candidates, key=lambda m: m["lag"] if isinstance(m.get("lag"), int) else 0)["name"]
+            resp = node.switchover(props["name"], target)
+            if resp.status_code not in (200, 202):
+                raise SshError(props["address"], "switch over before removing the leader",
+                               f"POST /switchover to {target}: HTTP {resp.status_code} {resp.text[:200]}")
+            wait_for(lambda name=target: _leads(node, name), timeout=120, interval=1,
+                     what=f"{target} leading", host=props["address"])
+            return

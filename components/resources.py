@@ -1,0 +1,77 @@
+"""The dynamic resource types, each bound to its provider.
+
+Type tokens are explicit (module/name) so that the preview reads
+`pgha:EtcdMember`, `pgha:PatroniNode`... rather than a generic Resource.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import Resource
+
+from components.providers.database_role import DatabaseRoleProvider
+from components.providers.etcd_member import EtcdMemberProvider
+from components.providers.generated_password import GeneratedPasswordProvider
+from components.providers.haproxy_config import HAProxyConfigProvider
+from components.providers.patroni_cluster import PatroniClusterProvider
+from components.providers.patroni_install import PatroniInstallProvider
+from components.providers.patroni_node import PatroniNodeProvider
+
+SECRET_OUTPUTS = ["secrets", "ssh_private_key"]
+
+
+def _opts(opts: pulumi.ResourceOptions | None,
+          extra_secret: list[str] | None = None) -> pulumi.ResourceOptions:
+    secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS + (extra_secret or []))
+    return pulumi.ResourceOptions.merge(secret, opts) if opts else secret
+
+
+class EtcdMember(Resource, module="pgha", name="EtcdMember"):
+    member_id: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(EtcdMemberProvider(), name, {"member_id": None, **props}, _opts(opts))
+
+
+class PatroniInstall(Resource, module="pgha", name="PatroniInstall"):
+    installed_version: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(PatroniInstallProvider(), name, {"installed_version": None, **props}, _opts(opts))
+
+
+class PatroniCluster(Resource, module="pgha", name="PatroniCluster"):
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(PatroniClusterProvider(), name, props, _opts(opts))
+
+
+class PatroniNode(Resource, module="pgha", name="PatroniNode"):
+    role: pulumi.Output[str]
+    timeline: pulumi.Output[int]
+    patroni_version: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        outs = {"role": None, "timeline": None, "patroni_version": None}
+        super().__init__(PatroniNodeProvider(), name, {**outs, **props}, _opts(opts))
+
+
+class HAProxyConfig(Resource, module="pgha", name="HAProxyConfig"):
+    primary_at_apply: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(HAProxyConfigProvider(), name, {"primary_at_apply": None, **props}, _opts(opts))
+
+
+class DatabaseRole(Resource, module="pgha", name="DatabaseRole"):
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(DatabaseRoleProvider(), name, props, _opts(opts))
+
+
+class GeneratedPassword(Resource, module="pgha", name="GeneratedPassword"):
+    value: pulumi.Output[str]
+
+    def __init__(self, name: str, purpose: str, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(GeneratedPasswordProvider(), name, {"purpose": purpose, "length": 24, "value": None},
+                         _opts(opts, ["value"]))

@@ -1,0 +1,156 @@
+"""REST clients: etcd's v3 JSON gateway and Patroni's REST API (requests)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import requests
+
+TIMEOUT = (3.0, 10.0)
+
+
+class RestError(RuntimeError):
+    pass
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    """etcd's range_end for 'every key with this prefix'."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return base64.b64encode(bytes(raw)).decode()
+
+
+class EtcdGateway:
+    """One etcd member's v3 JSON gateway (http://host:2379)."""
+
+    def __init__(self, endpoint: str, timeout: tuple[float, float] = TIMEOUT) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.timeout = timeout
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = requests.post(f"{self.endpoint}{path}", json=body, timeout=self.timeout)
+        except requests.RequestException as err:
+            raise RestError(f"etcd {self.endpoint}{path}: {err}") from err
+        if resp.status_code != 200:
+            raise RestError(f"etcd {self.endpoint}{path}: HTTP {resp.status_code}: {resp.text[:300]}")
+        return resp.json()
+
+    def healthy(self) -> bool:
+        """True when this member answers and the cluster has a leader (quorum)."""
+        try:
+            resp = requests.get(f"{self.endpoint}/health", timeout=self.timeout)
+            return resp.status_code == 200 and resp.json().get("health") in ("true", True)
+        except (requests.RequestException, ValueError):
+            return False
+
+    def members(self) -> list[dict[str, Any]]:
+        return self._post("/v3/cluster/member/list", {}).get("members", [])
+
+    def add_member(self, peer_url: str, learner: bool) -> dict[str, Any]:
+        return self._post("/v3/cluster/member/add", {"peerURLs": [peer_url], "isLearner": learner})
+
+    def promote_member(self, member_id: str) -> dict[str, Any]:
+        return self._post("/v3/cluster/member/promote", {"ID": member_id})
+
+    def remove_member(self, member_id: str) -> dict[str, Any]:
+        return self._post("/v3/cluster/member/remove", {"ID": member_id})
+
+    def status(self) -> dict[str, Any]:
+        return self._post("/v3/maintenance/status", {})
+
+    def count_prefix(self, prefix: str) -> int:
+        body = {"key": _b64(prefix), "range_end": _prefix_end(prefix), "count_only": True}
+        return int(self._post("/v3/kv/range", body).get("count", 0))
+
+    def keys_with_prefix(self, prefix: str) -> list[str]:
+        body = {"key": _b64(prefix), "range_end": _prefix_end(prefix), "keys_only": True}
+        kvs = self._post("/v3/kv/range", body).get("kvs", [])
+        return [base64.b64decode(kv["key"]).decode() for kv in kvs]
+
+    def delete_key(self, key: str) -> int:
+        return int(self._post("/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", 0))
+
+    def delete_prefix(self, prefix: str) -> int:
+        body = {"key": _b64(prefix), "range_end": _prefix_end(prefix)}
+        return int(self._post("/v3/kv/deleterange", body).get("deleted", 0))
+
+
+def first_healthy(endpoints: list[str]) -> EtcdGateway | None:
+    for endpoint in endpoints:
+        gateway = EtcdGateway(endpoint)
+        if gateway.healthy():
+            return gateway
+    return None
+
+
+class PatroniApi:
+    """One Patroni node's REST API; unsafe calls carry restapi.authentication."""
+
+    def __init__(self, base_url: str, auth: tuple[str, str] | None = None,
+                 timeout: tuple[float, float] = TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.auth = auth
+        self.timeout = timeout
+
+    def _get(self, path: str) -> requests.Response:
+        try:
+            return requests.get(f"{self.base_url}{path}", timeout=self.timeout)
+        except requests.RequestException as err:
+            raise RestError(f"patroni {self.base_url}{path}: {err}") from err
+
+    def _json(self, path: str) -> dict[str, Any]:
+        resp = self._get(path)
+        try:
+            return resp.json()
+        except ValueError as err:
+            raise RestError(f"patroni {self.base_url}{path}: HTTP {resp.status_code}, not JSON") from err
+
+    def patroni(self) -> dict[str, Any]:
+        return self._json("/patroni")
+
+    def cluster(self) -> dict[str, Any]:
+        return self._json("/cluster")
+
+    def health_status(self, path: str = "/health") -> int:
+        return self._get(path).status_code
+
+    def _unsafe(self, method: str, path: str, body: dict[str, Any] | None = None,
+                timeout: tuple[float, float] | None = None) -> requests.Response:
+        try:
+            return requests.request(method, f"{self.base_url}{path}", json=body, auth=self.auth,
+                                    timeout=timeout or self.timeout)
+        except requests.RequestException as err:
+            raise RestError(f"patroni {method} {self.base_url}{path}: {err}") from err
+
+    def switchover(self, leader: str, candidate: str) -> requests.Response:
+        return self._unsafe("POST", "/switchover", {"leader": leader, "candidate": candidate},
+                            timeout=(3.0, 90.0))
+
+    def reload(self) -> requests.Response:
+        return self._unsafe("POST", "/reload")
+
+    def restart(self) -> requests.Response:
+        return self._unsafe("POST", "/restart", {}, timeout=(3.0, 120.0))
+
+    def config(self) -> dict[str, Any]:
+        return self._json("/config")
+
+    def patch_config(self, patch: dict[str, Any]) -> requests.Response:
+        return self._unsafe("PATCH", "/config", patch)
+
+
+def members_table(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows like `patronictl list`: name, role, state, timeline, lag."""
+    rows = []
+    for m in cluster.get("members", []):
+        lag = m.get("lag", m.get("receive_lag", 0))
+        rows.append({"name": m.get("name"), "host": m.get("host"), "role": m.get("role"),
+                     "state": m.get("state"), "timeline": m.get("timeline"),
+                     "lag": 0 if lag in (None, "") else lag})
+    return sorted(rows, key=lambda r: str(r["name"]))
