@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-MEMORY_RE = re.compile(r"^\d+\s*(B|kB|MB|GB|TB)?$")
-TIME_RE = re.compile(r"^-?\d+\s*(us|ms|s|min|h|d)?$")
+MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|kB|MB|GB|TB)?$")
+TIME_RE = re.compile(r"^-?\d+(\.\d+)?\s*(us|ms|s|min|h|d)?$")
 BOOL_WORDS = {"on", "off", "true", "false", "yes", "no", "1", "0"}
 
 INTEGER = "integer"

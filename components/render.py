@@ -18,7 +18,8 @@ def _quote(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return json.dumps(value)
-    return json.dumps(str(value))
+    # ensure_ascii=False: PyYAML does not rejoin JSON's surrogate-pair escapes.
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 @lru_cache(maxsize=1)

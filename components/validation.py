@@ -130,10 +130,14 @@ def as_address(problems: Problems, path: str, value: Any) -> str:
     if not text:
         return text
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
-        problems.add(path, f"{text!r} is not an IPv4 or IPv6 address")
+        problems.add(path, f"{text!r} is not an IPv4 address")
         return text
+    if ip.version == 6:
+        # URLs, etcd peer lists and haproxy.cfg would need [addr]:port everywhere.
+        problems.add(path, f"{text!r} is IPv6; pgha supports IPv4 host addresses only for now")
+    return str(ip)
 
 
 def as_cidr(problems: Problems, path: str, value: Any) -> str:

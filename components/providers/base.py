@@ -28,14 +28,16 @@ class HostProvider(ResourceProvider):
     # Outputs a refresh may change to show drift; a value other than the
     # desired one here makes the next `up` repair the resource.
     OBSERVED: ClassVar[dict[str, Any]] = {}
+    # Outputs that are not inputs: their absence from new inputs is no change.
+    OUTPUTS: ClassVar[frozenset[str]] = frozenset()
 
     def ssh(self, props: dict[str, Any], connect_timeout: float = 15.0) -> Ssh:
         target = SshTarget.from_props(props["connection"], props.get("ssh_private_key"))
         return Ssh(target, connect_timeout=connect_timeout)
 
     def changed_keys(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
-        keys = (set(olds) | set(news)) - set(self.CREATE_ONLY) - set(self.OBSERVED)
-        keys = {k for k in keys if not k.startswith("__") and (k in news)}
+        keys = (set(olds) | set(news)) - self.CREATE_ONLY - set(self.OBSERVED) - self.OUTPUTS
+        keys = {k for k in keys if not k.startswith("__")}
         return sorted(k for k in keys if olds.get(k) != news.get(k))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:

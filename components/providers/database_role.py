@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import os
 import shlex
+import stringprep
+import unicodedata
 from typing import Any
 
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
@@ -24,10 +26,24 @@ TOGGLES = ("SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS")
 LEADER_ROLES = ("leader", "primary", "master")
 
 
+def saslprep(password: str) -> str:
+    """RFC 4013 as PostgreSQL applies it: on a prohibited character, the raw password is used."""
+    mapped = "".join(" " if stringprep.in_table_c12(ch) else ch
+                     for ch in password if not stringprep.in_table_b1(ch))
+    prepared = unicodedata.normalize("NFKC", mapped)
+    prohibited = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
+                  stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
+                  stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
+                  stringprep.in_table_a1)
+    if any(check(ch) for ch in prepared for check in prohibited):
+        return password
+    return prepared
+
+
 def scram_verifier(password: str, iterations: int = 4096, salt: bytes | None = None) -> str:
     """PostgreSQL's SCRAM-SHA-256 password verifier (RFC 5802 / 7677)."""
     salt = salt or os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     stored_key = hashlib.sha256(client_key).digest()
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
@@ -39,8 +55,10 @@ def scram_verifier(password: str, iterations: int = 4096, salt: bytes | None = N
 
 
 def role_options_sql(options: list[str], login: bool) -> str:
+    """Every attribute spelled out, so ALTER also takes away what the config dropped."""
     chosen = set(options)
     words = [opt if opt in chosen else f"NO{opt}" for opt in TOGGLES]
+    words.append("NOINHERIT" if "NOINHERIT" in chosen else "INHERIT")
     words.append("LOGIN" if login else "NOLOGIN")
     return " ".join(words)
 

@@ -61,6 +61,7 @@ class EtcdMemberProvider(HostProvider):
     CREATE_ONLY = frozenset({"bootstrap_cluster"})
     REPLACE_ON = frozenset({"name", "address", "peer_port", "client_port", "data_dir", "cluster_token"})
     OBSERVED: ClassVar[dict[str, Any]] = {"running": True, "in_cluster": True}
+    OUTPUTS = frozenset({"member_id", "joined_as"})
 
     def _join_plan(self, ssh: Ssh, props: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
         """Decide (initial_cluster, state, learner) and register the member if joining."""

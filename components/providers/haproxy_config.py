@@ -42,6 +42,7 @@ def primaries_up(props: dict[str, Any]) -> list[str]:
 
 class HAProxyConfigProvider(HostProvider):
     OBSERVED: ClassVar[dict[str, Any]] = {"config_matches": True, "running": True}
+    OUTPUTS = frozenset({"primary_at_apply"})
 
     def _apply(self, ssh: Ssh, props: dict[str, Any]) -> None:
         text = render.haproxy_cfg(props)

@@ -64,6 +64,7 @@ def _install(ssh: Ssh, props: dict[str, Any]) -> None:
 
 class PatroniInstallProvider(HostProvider):
     OBSERVED: ClassVar[dict[str, Any]] = {"installed_version_ok": True}
+    OUTPUTS = frozenset({"installed_version"})
 
     def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
         venv = props["venv"]

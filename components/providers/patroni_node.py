@@ -58,6 +58,7 @@ class PatroniNodeProvider(HostProvider):
     CREATE_ONLY = frozenset({"bootstrap"})
     REPLACE_ON = frozenset({"name", "address", "scope", "namespace", "data_dir", "pg_port"})
     OBSERVED: ClassVar[dict[str, Any]] = {"running": True}
+    OUTPUTS = frozenset({"role", "timeline", "patroni_version"})
 
     def _write_config(self, ssh: Ssh, props: dict[str, Any]) -> bool:
         data_dir = shlex.quote(props["data_dir"])

@@ -1,0 +1,85 @@
+"""Fixtures for cluster tests: four lab hosts and the real `lab` stack deployed on them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+
+from lab import Lab
+from scripts.lab_stack import LAB_PASSPHRASE, link_wheelhouse
+from tests.conftest import ROOT, PulumiCli
+
+PRIMARY = ("10.77.0.14", 5000)
+REPLICAS = ("10.77.0.14", 5001)
+NODES = {"pg1": "10.77.0.11", "pg2": "10.77.0.12", "pg3": "10.77.0.13"}
+
+
+@dataclass
+class Deployed:
+    lab: Lab
+    cli: PulumiCli
+    up_seconds: float
+
+    def outputs(self) -> dict[str, Any]:
+        return json.loads(self.cli.run("stack", "output", "--json", "--show-secrets").stdout)
+
+    def password(self) -> str:
+        return self.outputs()["superuserPassword"]
+
+    def connect(self, endpoint: tuple[str, int], **kw: Any) -> psycopg.Connection:
+        host, port = endpoint
+        return psycopg.connect(host=host, port=port, user="postgres", dbname="postgres",
+                               password=self.password(), connect_timeout=5, **kw)
+
+
+def cluster_view(address: str = "10.77.0.11") -> dict[str, Any]:
+    return requests.get(f"http://{address}:8008/cluster", timeout=5).json()
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as err:  # noqa: BLE001 - kept for the failure message
+            last = err
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def ssh_accepts(lab: Lab) -> int:
+    """Accepted SSH logins on every host so far (from sshd's journal)."""
+    total = 0
+    for name in lab.hosts:
+        out = lab.ssh(name, "sudo journalctl -u ssh --no-pager -o cat | grep -c 'Accepted publickey' || true",
+                      check=False)
+        total += int((out.stdout or "0").strip() or 0)
+    return total
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[Deployed]:
+    lab = Lab.up(4)
+    try:
+        link_wheelhouse(lab)
+        cli = PulumiCli(ROOT, tmp_path_factory.mktemp("cluster-state"), passphrase=LAB_PASSPHRASE)
+        cli.run("stack", "init", "lab")
+        started = time.monotonic()
+        cli.run("up", "--yes", "--skip-preview", "--stack", "lab")
+        elapsed = time.monotonic() - started
+        print(f"\npulumi up (3 etcd+Patroni hosts, 1 HAProxy host): {elapsed:.1f}s")
+        yield Deployed(lab=lab, cli=cli, up_seconds=elapsed)
+        cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab", check=False)
+    finally:
+        Lab.down()

@@ -1,0 +1,123 @@
+"""`pulumi up` builds the runbook's cluster on real lab hosts, and `destroy` takes it away.
+
+Runs in order within the module: deploy, check the cluster through REST,
+psql and patronictl, a no-change preview and up, then destroy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.cluster.conftest import NODES, PRIMARY, REPLICAS, Deployed, cluster_view, ssh_accepts, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
+
+
+def test_one_leader_two_streaming_replicas_one_timeline(deployed: Deployed) -> None:
+    def settled() -> dict | None:
+        view = cluster_view()
+        return view if all(m.get("state") in ("running", "streaming") for m in view["members"]) else None
+
+    cluster = wait_until(settled, timeout=60, what="every member running or streaming")
+    roles = sorted(m["role"] for m in cluster["members"])
+    assert roles == ["leader", "replica", "replica"], cluster
+    assert {m["name"] for m in cluster["members"]} == set(NODES)
+    assert len({m["timeline"] for m in cluster["members"]}) == 1, cluster
+    replicas = [m for m in cluster["members"] if m["role"] == "replica"]
+    assert all(m["state"] == "streaming" for m in replicas), cluster
+    wait_until(lambda: all(m.get("lag", 1) == 0 for m in cluster_view()["members"] if m["role"] == "replica"),
+               timeout=60, what="replication lag 0")
+    for name, address in NODES.items():
+        status = requests.get(f"http://{address}:8008/patroni", timeout=5).json()
+        assert status["state"] == "running" and status["patroni"]["name"] == name
+
+
+def test_write_through_primary_read_through_replicas(deployed: Deployed) -> None:
+    marker = str(uuid.uuid4())
+    with deployed.connect(PRIMARY, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        conn.execute("CREATE TABLE IF NOT EXISTS pgha_probe (id text PRIMARY KEY)")
+        conn.execute("INSERT INTO pgha_probe VALUES (%s)", (marker,))
+
+    def replica_has_it() -> bool:
+        with deployed.connect(REPLICAS) as conn:
+            in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            found = conn.execute("SELECT count(*) FROM pgha_probe WHERE id = %s", (marker,)).fetchone()
+            return in_recovery == (True,) and found == (1,)
+
+    wait_until(replica_has_it, timeout=30, what="the row on a replica through HAProxy's replica port")
+
+
+def test_patronictl_list_on_a_node(deployed: Deployed) -> None:
+    out = deployed.lab.ssh("pg2", "sudo patronictl -c /etc/patroni/patroni.yml list").stdout
+    assert "Leader" in out and out.count("streaming") == 2, out
+    assert "pgha-lab" in out
+
+
+def test_admin_role_created_on_the_leader(deployed: Deployed) -> None:
+    with deployed.connect(PRIMARY) as conn:
+        row = conn.execute("SELECT rolcreaterole, rolcreatedb, rolcanlogin FROM pg_roles "
+                           "WHERE rolname = 'admin'").fetchone()
+    assert row == (True, True, True)
+
+
+def test_files_and_services_on_hosts(deployed: Deployed) -> None:
+    for name in NODES:
+        stat = deployed.lab.ssh(name, "sudo stat -c '%a %U %G' /etc/patroni/patroni.yml").stdout.split()
+        assert stat == ["600", "postgres", "postgres"], (name, stat)
+        distro = deployed.lab.ssh(name, "cat /etc/postgresql/15/main/start.conf | grep -v '^#'").stdout
+        assert distro.strip() == "disabled", (name, distro)
+        active = deployed.lab.ssh(name, "systemctl is-active patroni etcd", check=False).stdout.split()
+        assert active == ["active", "active"], (name, active)
+    assert deployed.lab.ssh("pg4", "systemctl is-active haproxy").stdout.strip() == "active"
+
+
+def test_no_plaintext_secret_in_state(deployed: Deployed) -> None:
+    password = deployed.password()
+    assert len(password) >= 20
+    exported = deployed.cli.run("stack", "export", "--stack", "lab").stdout
+    assert password not in exported
+    state = json.loads(exported)
+    nodes = [r for r in state["deployment"]["resources"] if r["type"].endswith("PatroniNode")]
+    assert nodes and all("ciphertext" in r["outputs"]["secrets"] for r in nodes)
+
+
+def test_second_up_and_preview_change_nothing_and_open_no_ssh(deployed: Deployed) -> None:
+    before = ssh_accepts(deployed.lab)
+    started = time.monotonic()
+    preview = deployed.cli.run("preview", "--stack", "lab", "--expect-no-changes", "--diff")
+    preview_seconds = time.monotonic() - started
+    up = deployed.cli.run("up", "--yes", "--stack", "lab", "--expect-no-changes", "--skip-preview")
+    after = ssh_accepts(deployed.lab)
+    # ssh_accepts itself logs in once per host each time it runs.
+    assert after - before == len(deployed.lab.hosts), "preview/up with unchanged config opened SSH sessions"
+    assert "unchanged" in preview.stdout and "unchanged" in up.stdout
+    print(f"\nno-change pulumi preview: {preview_seconds:.1f}s; first up: {deployed.up_seconds:.1f}s")
+
+
+def test_destroy_removes_dcs_keys_then_everything(deployed: Deployed) -> None:
+    state = json.loads(deployed.cli.run("stack", "export", "--stack", "lab").stdout)
+    cluster_urn = next(r["urn"] for r in state["deployment"]["resources"]
+                       if r["type"].endswith("pgha:PatroniCluster"))
+    # Everything that depends on the cluster's DCS entry goes first, etcd stays.
+    deployed.cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab",
+                     "--target", cluster_urn, "--target-dependents")
+    count = deployed.lab.ssh(
+        "pg1", "ETCDCTL_API=3 etcdctl --endpoints=http://10.77.0.11:2379 get --prefix --keys-only "
+               "/service/pgha-lab/ | grep -c . || true").stdout.strip()
+    assert count == "0", f"DCS keys left under /service/pgha-lab/: {count}"
+    for name in NODES:
+        assert deployed.lab.ssh(name, "systemctl is-active patroni", check=False).stdout.strip() != "active"
+    assert deployed.lab.ssh("pg4", "systemctl is-active haproxy", check=False).stdout.strip() != "active"
+
+    deployed.cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab")
+    for name in NODES:
+        assert deployed.lab.ssh(name, "systemctl is-active etcd", check=False).stdout.strip() != "active"
+        data = deployed.lab.ssh(name, "sudo test -s /var/lib/postgresql/15/pgha-lab/PG_VERSION && echo kept",
+                                check=False).stdout.strip()
+        assert data == "kept", f"{name}: the data directory must be kept by default"
