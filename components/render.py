@@ -41,7 +41,7 @@ def render(template: str, **context: Any) -> str:
 
 
 def patroni_yml(spec: dict[str, Any], secrets: dict[str, str]) -> str:
-    return render("patroni.yml.j2", secrets=secrets, **spec)
+    return render("patroni.yml.j2", **{**spec, "secrets": secrets})
 
 
 def patroni_unit(spec: dict[str, Any]) -> str:

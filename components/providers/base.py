@@ -9,6 +9,8 @@ member does not show as a change on every other one.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pulumi.dynamic import DiffResult, ResourceProvider
@@ -16,6 +18,25 @@ from pulumi.dynamic import DiffResult, ResourceProvider
 from components.transport.ssh import Ssh, SshTarget
 
 SECRET_INPUTS = ("secrets", "ssh_private_key")
+
+
+def integral(value: Any) -> Any:
+    """Numbers reach providers as protobuf doubles (2380.0); ports must be ints again."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return value
+
+
+def _integral_args(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any) -> Any:
+        return method(self, *(integral(a) if isinstance(a, dict) else a for a in args))
+
+    return wrapper
 
 
 class HostProvider(ResourceProvider):
@@ -30,6 +51,12 @@ class HostProvider(ResourceProvider):
     OBSERVED: ClassVar[dict[str, Any]] = {}
     # Outputs that are not inputs: their absence from new inputs is no change.
     OUTPUTS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("create", "update", "read", "delete", "diff"):
+            if name in cls.__dict__:
+                setattr(cls, name, _integral_args(cls.__dict__[name]))
 
     def ssh(self, props: dict[str, Any], connect_timeout: float = 15.0) -> Ssh:
         target = SshTarget.from_props(props["connection"], props.get("ssh_private_key"))

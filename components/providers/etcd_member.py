@@ -179,42 +179,51 @@ class EtcdMemberProvider(HostProvider):
         return ReadResult(id_=id_, outs=outs)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        peer = _peer_url(props)
-        cluster = _find_cluster(props)
-        if cluster is not None:
-            self._remove_from_cluster(cluster, props, peer)
+        removed_via_api = self._remove_from_cluster(props)
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
                 d = shlex.quote(props["data_dir"])
                 ssh.run("systemctl disable --now etcd >/dev/null 2>&1 || true; "
                         f"if [ -d {d} ]; then mv {d} {d}.removed-$(date +%s); fi",
                         step="stop etcd and set its data dir aside")
-        except SshError:
-            if cluster is None:
+        except SshError as err:
+            if err.step != "connect over SSH" or not removed_via_api:
                 raise
-            # The host is gone; the member is already out of the cluster.
+            # The host is gone (being replaced); the member is already out of the cluster.
 
-    def _remove_from_cluster(self, cluster: EtcdGateway, props: dict[str, Any], peer: str) -> None:
-        for attempt in range(10):
-            members = cluster.members()
-            me = _member_by_peer(members, peer)
-            if me is None:
-                return
-            others = [m for m in members if m is not me]
-            if not others:
-                return  # the last member: nothing to remove it from
-            voters = [m for m in others if not m.get("isLearner")]
-            healthy = [m for m in voters if m.get("clientURLs") and EtcdGateway(m["clientURLs"][0]).healthy()]
-            needed = len(voters) // 2 + 1
-            if len(healthy) < needed:
-                raise SshError(props["address"], "remove etcd member",
-                               f"refused: after removing {props['name']} only {len(healthy)} of "
-                               f"{len(voters)} remaining voting members are healthy; quorum needs {needed}")
+    def _remove_from_cluster(self, props: dict[str, Any], patience: float = 90.0) -> bool:
+        """Remove this member through a surviving one. True when the cluster no longer lists it.
+
+        In a stack destroy every member is deleted at once, so the others may be
+        leaving too: an unsafe-looking state is re-checked until `patience` runs out.
+        """
+        peer = _peer_url(props)
+        deadline = time.monotonic() + patience
+        known: list[str] = []
+        while True:
+            cluster = _find_cluster(props, known)
+            if cluster is None:
+                return False  # no other healthy member: the last one, or the cluster is down
             try:
-                cluster.remove_member(me["ID"])
-                return
+                members = cluster.members()
+                known = [m["clientURLs"][0] for m in members if m.get("clientURLs")]
+                me = _member_by_peer(members, peer)
+                if me is None:
+                    return True
+                others = [m for m in members if m is not me]
+                if not others:
+                    return False
+                voters = [m for m in others if not m.get("isLearner")]
+                healthy = [m for m in voters
+                           if m.get("clientURLs") and EtcdGateway(m["clientURLs"][0]).healthy()]
+                needed = len(voters) // 2 + 1
+                if len(healthy) >= needed:
+                    cluster.remove_member(me["ID"])
+                    return True
+                problem = (f"refused: after removing {props['name']} only {len(healthy)} of {len(voters)} "
+                           f"remaining voting members are healthy; quorum needs {needed}")
             except RestError as err:
-                if attempt == 9:
-                    raise SshError(props["address"], "remove etcd member", str(err)) from err
-                time.sleep(2)
-                cluster = _find_cluster(props) or cluster
+                problem = str(err)
+            if time.monotonic() >= deadline:
+                raise SshError(props["address"], "remove etcd member", problem)
+            time.sleep(2)

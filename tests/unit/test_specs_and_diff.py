@@ -342,3 +342,14 @@ def test_members_table_sorts_and_defaults_lag() -> None:
     assert rows[0] == {"name": "pg1", "host": "10.77.0.11", "role": "leader", "state": "running",
                        "timeline": 3, "lag": 0}
     assert members_table({}) == []
+
+
+def test_providers_get_ports_back_as_integers() -> None:
+    """Pulumi hands dynamic providers numbers as doubles; a port of 2380.0 broke etcd's URLs."""
+    from components.providers.base import integral
+
+    assert integral({"peer_port": 2380.0, "nested": [{"p": 5432.0}], "ratio": 0.9}) == {
+        "peer_port": 2380, "nested": [{"p": 5432}], "ratio": 0.9}
+    provider = EtcdMemberProvider()
+    olds = {"name": "pg1", "peer_port": 2380.0}
+    assert provider.diff("id", olds, {"name": "pg1", "peer_port": 2380}).changes is False
