@@ -17,11 +17,16 @@ class EtcdCluster(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgha:index:EtcdCluster", name, None, opts)
         self.members = {}
+        previous: list[pulumi.Resource] = []
         for host in cfg.with_role("etcd"):
             props = {"connection": specs.connection(host), **specs.etcd_member_spec(cfg, host)}
             if secrets.ssh_private_key is not None:
                 props["ssh_private_key"] = secrets.ssh_private_key
-            self.members[host.name] = EtcdMember(
-                f"{cfg.scope}-etcd-{host.name}", props, pulumi.ResourceOptions(parent=self))
+            # One membership change at a time (etcd allows one learner, and quorum
+            # must hold between steps): each member waits for the one before it.
+            member = EtcdMember(f"{cfg.scope}-etcd-{host.name}", props,
+                                pulumi.ResourceOptions(parent=self, depends_on=previous))
+            self.members[host.name] = member
+            previous = [member]
         self.endpoints = [f"http://{e}" for e in specs.etcd_client_endpoints(cfg)]
         self.register_outputs({"endpoints": self.endpoints})

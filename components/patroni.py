@@ -32,12 +32,13 @@ class PatroniClusterComponent(pulumi.ComponentResource):
         # when it removes the cluster's keys from the DCS.
         self.cluster = PatroniCluster(
             f"{cfg.scope}-cluster",
-            {**specs.patroni_cluster_spec(cfg), "secrets": patroni_secrets},
+            specs.patroni_cluster_spec(cfg),
             pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )
 
         self.installs: dict[str, PatroniInstall] = {}
         self.nodes = {}
+        previous: list[pulumi.Resource] = []
         for host in cfg.with_role("patroni"):
             install = PatroniInstall(
                 f"{cfg.scope}-install-{host.name}",
@@ -46,12 +47,18 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                 child,
             )
             self.installs[host.name] = install
-            self.nodes[host.name] = PatroniNode(
+            # Nodes change one at a time in host order: existing nodes reload their
+            # pg_hba before a new node starts, the first host bootstraps the cluster,
+            # and a destroy stops them in reverse order.
+            node = PatroniNode(
                 f"{cfg.scope}-node-{host.name}",
                 _with_key({"connection": specs.connection(host), **specs.patroni_node_spec(cfg, host),
                            "secrets": patroni_secrets}, secrets),
-                pulumi.ResourceOptions(parent=self, depends_on=[install, self.cluster, *depends_on]),
+                pulumi.ResourceOptions(parent=self,
+                                       depends_on=[install, self.cluster, *depends_on, *previous]),
             )
+            self.nodes[host.name] = node
+            previous = [node]
 
         nodes_info = {
             host.name: {"connection": specs.connection(host),

@@ -139,13 +139,10 @@ def patroni_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
 
 
 def patroni_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
-    patroni_hosts = cfg.with_role("patroni")
     return {
         "scope": cfg.scope,
         "namespace": cfg.namespace,
         "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)],
-        "members": {h.name: f"http://{h.address}:{cfg.patroni.restapi_port}" for h in patroni_hosts},
-        "restapi_username": RESTAPI_USERNAME,
     }
 
 

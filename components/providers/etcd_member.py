@@ -124,15 +124,40 @@ class EtcdMemberProvider(HostProvider):
 
         wait_for(voting, timeout=120, interval=2, what="etcd learner promoted", host=props["address"])
 
+    def _wait_started(self, ssh: Ssh, props: dict[str, Any]) -> None:
+        """A founding member cannot be healthy before a quorum of its peers has started,
+        and peers start one after another: wait for the process and its peer port."""
+        port = int(props["peer_port"])
+
+        def started() -> bool:
+            state = ssh.run("systemctl is-active etcd", step="check etcd", check=False).stdout.strip()
+            if state not in ("active", "activating"):
+                raise SshError(props["address"], "start etcd", f"etcd is {state}: " + ssh.run(
+                    "journalctl -u etcd -n 5 --no-pager -o cat", step="read etcd's journal",
+                    check=False).stdout.strip()[-1000:])
+            listening = ssh.run(f"ss -Htln 'sport = :{port}'", step="check etcd's peer port", check=False)
+            return bool(listening.stdout.strip())
+
+        wait_for(started, timeout=60, interval=1, what="etcd listening on its peer port",
+                 host=props["address"])
+
     def create(self, props: dict[str, Any]) -> CreateResult:
         with self.ssh(props) as ssh:
             initial, state, me = self._join_plan(ssh, props)
             self._start(ssh, props, initial, state)
-            self._wait_healthy(props)
-            if me is not None:
-                self._promote(props, me)
-        member = _member_by_peer(EtcdGateway(_my_client(props)).members(), _peer_url(props)) or {}
-        outs = {**public(props), "member_id": member.get("ID", ""), "running": True,
+            if state == "new":
+                self._wait_started(ssh, props)
+            else:
+                self._wait_healthy(props)
+                if me is not None:
+                    self._promote(props, me)
+        member_id = ""
+        try:
+            member = _member_by_peer(EtcdGateway(_my_client(props)).members(), _peer_url(props)) or {}
+            member_id = member.get("ID", "")
+        except RestError:
+            pass  # a founding member before quorum; PatroniCluster waits for health
+        outs = {**public(props), "member_id": member_id, "running": True,
                 "in_cluster": True, "joined_as": state}
         return CreateResult(id_=f"{props['cluster_token']}/{props['name']}", outs=outs)
 

@@ -16,7 +16,8 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from components import render
 from components.providers.base import HostProvider, public
-from components.transport.rest import EtcdGateway, PatroniApi, RestError
+from components.providers.patroni_cluster import pgha_prefix
+from components.transport.rest import EtcdGateway, PatroniApi, RestError, first_healthy
 from components.transport.ssh import Ssh, SshError, wait_for
 
 LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
@@ -120,6 +121,10 @@ class PatroniNodeProvider(HostProvider):
         return ReadResult(id_=id_, outs=outs)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        gateway = first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
+        leaving = f"{pgha_prefix(props['scope'])}leaving/{props['name']}"
+        if gateway is not None:
+            gateway.put(leaving, "1")  # tells a leader being removed not to hand over to us
         node = api(props)
         try:
             node.patroni()
@@ -127,7 +132,7 @@ class PatroniNodeProvider(HostProvider):
         except RestError:
             reachable = False
         if reachable:
-            self._step_down_if_leader(node, props)
+            self._step_down_if_leader(node, props, gateway)
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
                 ssh.run("systemctl disable --now patroni >/dev/null 2>&1 || true",
@@ -140,37 +145,36 @@ class PatroniNodeProvider(HostProvider):
             if err.step != "connect over SSH":
                 raise
             # The host is gone (a dead host being replaced): clean the DCS below.
-        self._forget_member(props)
+        if gateway is not None:
+            # Patroni drops its member key on a clean stop; a dead host's would linger until ttl.
+            gateway.delete_key(_member_key(props))
+            gateway.delete_key(leaving)
 
-    def _forget_member(self, props: dict[str, Any]) -> None:
-        """Drop the member's key from the DCS, as `patronictl remove` would for the cluster."""
-        for endpoint in props["etcd_hosts"]:
-            gateway = EtcdGateway(f"http://{endpoint}")
-            if gateway.healthy():
-                gateway.delete_key(_member_key(props))
-                return
-
-    def _step_down_if_leader(self, node: PatroniApi, props: dict[str, Any]) -> None:
-        """Switch over to a healthy replica before stopping a leader."""
-        grace_until = time.monotonic() + 15
-        while True:
-            cluster = node.cluster()
-            members = cluster.get("members", [])
+    def _step_down_if_leader(self, node: PatroniApi, props: dict[str, Any],
+                             gateway: EtcdGateway | None) -> None:
+        """Hand the leader role to a healthy replica that is staying, before stopping."""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            members = node.cluster().get("members", [])
             me = next((m for m in members if m.get("name") == props["name"]), None)
             if me is None or me.get("role") not in LEADER_ROLES:
                 return
             others = [m for m in members if m.get("name") != props["name"]]
             if not others:
-                return
-            if time.monotonic() < grace_until:
-                # In a stack destroy the replicas are being deleted too: let them go first.
-                time.sleep(2)
+                return  # the last member: nothing to hand over to
+            going = set()
+            if gateway is not None:
+                going = {k.rsplit("/", 1)[-1]
+                         for k in gateway.keys_with_prefix(f"{pgha_prefix(props['scope'])}leaving/")}
+            staying = [m for m in others if m.get("name") not in going]
+            if not staying:
+                time.sleep(2)  # they are all being removed too: let them stop first
                 continue
-            candidates = [m for m in others if m.get("state") in ("streaming", "running")
+            candidates = [m for m in staying if m.get("state") in ("streaming", "running")
                           and not (m.get("tags") or {}).get("nofailover")]
             if not candidates:
                 raise SshError(props["address"], "switch over before removing the leader",
-                               "no healthy replica to hand the leader role to")
+                               "no healthy replica that stays in the cluster to hand the leader role to")
             target = min(candidates, key=lambda m: m["lag"] if isinstance(m.get("lag"), int) else 0)["name"]
             resp = node.switchover(props["name"], target)
             if resp.status_code not in (200, 202):
@@ -179,3 +183,5 @@ class PatroniNodeProvider(HostProvider):
             wait_for(lambda name=target: _leads(node, name), timeout=120, interval=1,
                      what=f"{target} leading", host=props["address"])
             return
+        raise SshError(props["address"], "switch over before removing the leader",
+                       "the other members did not leave within 180s")

@@ -73,6 +73,9 @@ class EtcdGateway:
         kvs = self._post("/v3/kv/range", body).get("kvs", [])
         return [base64.b64decode(kv["key"]).decode() for kv in kvs]
 
+    def put(self, key: str, value: str) -> None:
+        self._post("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+
     def delete_key(self, key: str) -> int:
         return int(self._post("/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", 0))
 
