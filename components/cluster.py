@@ -22,7 +22,8 @@ class PostgresHaCluster(pulumi.ComponentResource):
         self.secrets = secrets
         self.etcd = EtcdCluster(f"{cfg.scope}-etcd", cfg, secrets, child)
         etcd_members = list(self.etcd.members.values())
-        self.patroni = PatroniClusterComponent(f"{cfg.scope}-patroni", cfg, secrets, etcd_members, child)
+        self.patroni = PatroniClusterComponent(f"{cfg.scope}-patroni", cfg, secrets, etcd_members,
+                                               self.etcd.guard, child)
         self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets,
                                list(self.patroni.nodes.values()), child)
         self.register_outputs({

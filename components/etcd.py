@@ -6,7 +6,7 @@ import pulumi
 
 from components import specs
 from components.config import ClusterConfig
-from components.resources import EtcdMember
+from components.resources import EtcdMember, MembershipGuard
 from components.secrets import ClusterSecrets
 
 
@@ -17,7 +17,10 @@ class EtcdCluster(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgha:index:EtcdCluster", name, None, opts)
         self.members = {}
-        previous: list[pulumi.Resource] = []
+        self.guard = guard = MembershipGuard(f"{cfg.scope}-etcd-membership", {
+            "scope": cfg.scope, "etcd_members": [h.name for h in cfg.with_role("etcd")]},
+            pulumi.ResourceOptions(parent=self))
+        previous: list[pulumi.Resource] = [guard]
         for host in cfg.with_role("etcd"):
             props = {"connection": specs.connection(host), **specs.etcd_member_spec(cfg, host)}
             if secrets.ssh_private_key is not None:

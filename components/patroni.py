@@ -23,9 +23,9 @@ class PatroniClusterComponent(pulumi.ComponentResource):
     nodes: dict[str, PatroniNode]
 
     def __init__(self, name: str, cfg: ClusterConfig, secrets: ClusterSecrets,
-                 depends_on: list[pulumi.Resource], opts: pulumi.ResourceOptions | None = None) -> None:
+                 depends_on: list[pulumi.Resource], guard: pulumi.Resource,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("pgha:index:PatroniCluster", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         patroni_secrets = secrets.patroni()
 
         # Created after etcd and deleted before it; deleted after every node,
@@ -38,27 +38,25 @@ class PatroniClusterComponent(pulumi.ComponentResource):
 
         self.installs: dict[str, PatroniInstall] = {}
         self.nodes = {}
-        previous: list[pulumi.Resource] = []
+        first = cfg.with_role("patroni")[0].name
         for host in cfg.with_role("patroni"):
             install = PatroniInstall(
                 f"{cfg.scope}-install-{host.name}",
                 _with_key({"connection": specs.connection(host), **specs.patroni_install_spec(cfg, host)},
                           secrets),
-                child,
+                # A refused membership change must stop before any host is touched.
+                pulumi.ResourceOptions(parent=self, depends_on=[guard]),
             )
             self.installs[host.name] = install
-            # Nodes change one at a time in host order: existing nodes reload their
-            # pg_hba before a new node starts, the first host bootstraps the cluster,
-            # and a destroy stops them in reverse order.
-            node = PatroniNode(
+            # The first host bootstraps a new cluster; the others, and any node
+            # added later, start once the leader's pg_hba admits them (checked
+            # by the node itself, while existing nodes reload in parallel).
+            self.nodes[host.name] = PatroniNode(
                 f"{cfg.scope}-node-{host.name}",
                 _with_key({"connection": specs.connection(host), **specs.patroni_node_spec(cfg, host),
-                           "secrets": patroni_secrets}, secrets),
-                pulumi.ResourceOptions(parent=self,
-                                       depends_on=[install, self.cluster, *depends_on, *previous]),
+                           "bootstrap_leader": host.name == first, "secrets": patroni_secrets}, secrets),
+                pulumi.ResourceOptions(parent=self, depends_on=[install, self.cluster, *depends_on]),
             )
-            self.nodes[host.name] = node
-            previous = [node]
 
         nodes_info = {
             host.name: {"connection": specs.connection(host),

@@ -15,6 +15,7 @@ from components.providers.database_role import DatabaseRoleProvider
 from components.providers.etcd_member import EtcdMemberProvider
 from components.providers.generated_password import GeneratedPasswordProvider
 from components.providers.haproxy_config import HAProxyConfigProvider
+from components.providers.membership_guard import MembershipGuardProvider
 from components.providers.patroni_cluster import PatroniClusterProvider
 from components.providers.patroni_install import PatroniInstallProvider
 from components.providers.patroni_node import PatroniNodeProvider
@@ -75,3 +76,8 @@ class GeneratedPassword(Resource, module="pgha", name="GeneratedPassword"):
     def __init__(self, name: str, purpose: str, opts: pulumi.ResourceOptions | None = None):
         super().__init__(GeneratedPasswordProvider(), name, {"purpose": purpose, "length": 24, "value": None},
                          _opts(opts, ["value"]))
+
+
+class MembershipGuard(Resource, module="pgha", name="MembershipGuard"):
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(MembershipGuardProvider(), name, props, opts)

@@ -8,9 +8,11 @@ over first (unless the replicas are themselves going away, as in a destroy).
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from typing import Any, ClassVar
+from urllib.parse import urlparse
 
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
@@ -56,7 +58,7 @@ def _member_key(props: dict[str, Any]) -> str:
 
 
 class PatroniNodeProvider(HostProvider):
-    CREATE_ONLY = frozenset({"bootstrap"})
+    CREATE_ONLY = frozenset({"bootstrap", "bootstrap_leader"})
     REPLACE_ON = frozenset({"name", "address", "scope", "namespace", "data_dir", "pg_port"})
     OBSERVED: ClassVar[dict[str, Any]] = {"running": True}
     OUTPUTS = frozenset({"role", "timeline", "patroni_version"})
@@ -83,6 +85,44 @@ class PatroniNodeProvider(HostProvider):
                 "timeline": status.get("timeline", 0),
                 "patroni_version": status.get("patroni", {}).get("version", "")}
 
+    def _existing_leader(self, props: dict[str, Any]) -> tuple[str, int] | None:
+        """(host, port) of the running cluster's leader, from the DCS; None before bootstrap."""
+        gateway = first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
+        if gateway is None:
+            raise SshError(props["address"], "read the DCS", "no healthy etcd member")
+        prefix = f"{props['namespace'].rstrip('/')}/{props['scope']}/"
+        leader = gateway.get(f"{prefix}leader")
+        if not leader:
+            return None
+        member = json.loads(gateway.get(f"{prefix}members/{leader}") or "{}")
+        url = urlparse(member.get("conn_url", ""))
+        return (url.hostname, url.port or 5432) if url.hostname else None
+
+    def _wait_for_admission(self, ssh: Ssh, props: dict[str, Any]) -> None:
+        """A joining node starts only once the leader's pg_hba admits its replication
+        connection: the existing nodes reload their pg_hba in the same `up`."""
+        leader = self._existing_leader(props)
+        if leader is None and props.get("bootstrap_leader"):
+            return  # this node founds the cluster
+        host, port = leader or wait_for(lambda: self._existing_leader(props), timeout=600, interval=2,
+                                        what="a cluster leader to replicate from", host=props["address"])
+        psql = (f"{shlex.quote(props['bin_dir'])}/psql -X -At -c 'IDENTIFY_SYSTEM' "
+                f"'host={host} port={port} user={props['users']['replication']} "
+                f"dbname=postgres replication=true connect_timeout=5'")
+        password = props["secrets"]["replication"]
+
+        def admitted() -> bool:
+            result = ssh.run(f'PGPASSWORD="$(cat)" {psql}', step="test replication access to the leader",
+                             stdin=password, check=False)
+            if result.code == 0:
+                return True
+            if "pg_hba.conf" in result.stderr:
+                return False  # not yet: the leader's pg_hba is being updated in this same `up`
+            raise SshError(props["address"], "test replication access to the leader", result.stderr.strip())
+
+        wait_for(admitted, timeout=300, interval=2, what=f"the leader {host} admitting replication",
+                 host=props["address"])
+
     def create(self, props: dict[str, Any]) -> CreateResult:
         with self.ssh(props) as ssh:
             changed = self._write_config(ssh, props)
@@ -91,6 +131,7 @@ class PatroniNodeProvider(HostProvider):
                 if changed:
                     ssh.run("systemctl reload patroni", step="reload patroni")
             else:
+                self._wait_for_admission(ssh, props)
                 ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
                         step="start patroni")
             status = self._wait_ready(ssh, props, timeout=900)

@@ -73,6 +73,11 @@ class EtcdGateway:
         kvs = self._post("/v3/kv/range", body).get("kvs", [])
         return [base64.b64decode(kv["key"]).decode() for kv in kvs]
 
+    def get(self, key: str) -> str | None:
+        kvs = self._post("/v3/kv/range", {"key": _b64(key)}).get("kvs", [])
+        return base64.b64decode(kvs[0]["value"]).decode() if kvs and "value" in kvs[0] else (
+            "" if kvs else None)
+
     def put(self, key: str, value: str) -> None:
         self._post("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import requests
+import yaml
 
 from lab import Lab
 from scripts.lab_stack import LAB_PASSPHRASE, link_wheelhouse
@@ -83,3 +87,49 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
         cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab", check=False)
     finally:
         Lab.down()
+
+
+LAB_STACK_FILE = ROOT / "stacks" / "Pulumi.lab.yaml"
+
+
+class ProjectCopy:
+    """The program copied beside a stack file the test writes (the checkout stays untouched)."""
+
+    def __init__(self, base: Path, stack: str) -> None:
+        self.dir = base / "project"
+        self.dir.mkdir(parents=True)
+        for name in ("Pulumi.yaml", "__main__.py"):
+            shutil.copy(ROOT / name, self.dir / name)
+        for name in ("components", "templates"):
+            shutil.copytree(ROOT / name, self.dir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        (self.dir / ".venv").symlink_to(ROOT / ".venv")
+        (self.dir / "stacks").mkdir()
+        self.stack = stack
+        self.cli = PulumiCli(self.dir, base / "state", passphrase=LAB_PASSPHRASE)
+        lab_doc = yaml.safe_load(LAB_STACK_FILE.read_text())
+        self.salt = lab_doc["encryptionsalt"]
+        self.base_config: dict[str, Any] = {k.removeprefix("pgha:"): v for k, v in lab_doc["config"].items()}
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        doc = {"encryptionsalt": self.salt, "config": {f"pgha:{k}": v for k, v in config.items()}}
+        (self.dir / "stacks" / f"Pulumi.{self.stack}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cli.run(*args, "--stack", self.stack, check=check)
+
+    def preview_steps(self) -> list[dict[str, Any]]:
+        """What a reviewer reads in `pulumi preview --diff`, as (op, resource name, changed keys)."""
+        out = json.loads(self.run("preview", "--json").stdout)
+        steps = []
+        for step in out.get("steps", []):
+            if step["op"] == "same":
+                continue
+            name = step["urn"].rsplit("::", 1)[-1]
+            keys = sorted({re.split(r"[.\[]", k)[0] for k in (step.get("detailedDiff") or {})}
+                          | set(step.get("diffReasons") or []))
+            steps.append({"op": step["op"], "name": name, "keys": keys})
+        return steps
+
+
+def host(name: str, roles: list[str]) -> dict[str, Any]:
+    return {"name": name, "address": f"10.77.0.{10 + int(name[2:])}", "roles": roles}

@@ -353,3 +353,21 @@ def test_providers_get_ports_back_as_integers() -> None:
     provider = EtcdMemberProvider()
     olds = {"name": "pg1", "peer_port": 2380.0}
     assert provider.diff("id", olds, {"name": "pg1", "peer_port": 2380}).changes is False
+
+
+@pytest.mark.parametrize(("old", "new", "refused"), [
+    (["a", "b", "c"], ["a", "b", "c", "d", "e"], False),
+    (["a", "b", "c", "d", "e"], ["a", "b", "c"], False),
+    (["a", "b", "c"], ["a", "b"], False),
+    (["a", "b", "c"], ["a"], True),
+    (["a", "b", "c", "d"], ["a", "b"], True),
+    ([], ["a", "b", "c"], False),
+])
+def test_membership_guard_refuses_removing_a_majority(old: list[str], new: list[str], refused: bool) -> None:
+    """Quorum: at most (n-1)//2 members may go in one `pulumi up`; the check names pgha:hosts."""
+    from components.providers.membership_guard import MembershipGuardProvider
+
+    result = MembershipGuardProvider().check({"etcd_members": old}, {"etcd_members": new, "scope": "s"})
+    assert bool(result.failures) is refused
+    if refused:
+        assert result.failures[0].reason.startswith("pgha:hosts: removing")

@@ -1,0 +1,91 @@
+"""A steady write load through HAProxy that records every acknowledged commit.
+
+Used to prove that membership changes cost no failed transactions and to
+measure the write-unavailability window of a switchover or a failover.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+
+
+@dataclass
+class WriteLoad:
+    host: str
+    port: int
+    password: str
+    interval: float = 0.05
+    acknowledged: list[int] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    windows: list[tuple[float, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _next_id: int = 0
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(host=self.host, port=self.port, user="postgres", dbname="postgres",
+                               password=self.password, connect_timeout=3, autocommit=True)
+
+    def prepare(self, table: str = "pgha_load") -> None:
+        self.table = table
+        with self._connect() as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} "
+                         "(id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+            row = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()
+            self._next_id = int(row[0]) + 1 if row else 1
+
+    def _run(self) -> None:
+        conn: psycopg.Connection | None = None
+        down_since: float | None = None
+        while not self._stop.is_set():
+            ident = self._next_id
+            try:
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                conn.execute("SET statement_timeout = '3s'")
+                conn.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (ident,))
+                self.acknowledged.append(ident)
+                self._next_id += 1
+                if down_since is not None:
+                    self.windows.append((down_since, time.monotonic()))
+                    down_since = None
+            except psycopg.Error as err:
+                self.failures.append((time.monotonic(), str(err).strip().splitlines()[0][:200]))
+                if down_since is None:
+                    down_since = time.monotonic()
+                if conn is not None:
+                    conn.close()
+                conn = None
+                # An insert that failed may still have committed (ack lost): never reuse its id.
+                self._next_id += 1
+            time.sleep(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def start(self) -> WriteLoad:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def reset_counters(self) -> None:
+        self.failures.clear()
+        self.windows.clear()
+
+    def longest_window(self) -> float:
+        return max((end - start for start, end in self.windows), default=0.0)
+
+    def missing(self) -> list[int]:
+        """Acknowledged ids that are not in the table (must always be empty)."""
+        with self._connect() as conn:
+            present = {r[0] for r in conn.execute(f"SELECT id FROM {self.table}").fetchall()}
+        return [i for i in self.acknowledged if i not in present]
