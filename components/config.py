@@ -160,6 +160,9 @@ class ClusterConfig:
     pg_hba_extra: tuple[str, ...]
     roles: tuple[DatabaseRole, ...]
     haproxy: HaproxySettings
+    restart_policy: str = "rolling"
+    leader: str | None = None
+    ssh: SshSettings | None = None
     secrets_present: frozenset[str] = field(default_factory=frozenset)
 
     def with_role(self, role: str) -> tuple[Host, ...]:
@@ -169,7 +172,7 @@ class ClusterConfig:
 TOP_LEVEL_KEYS = (
     "scope", "namespace", "production", "generatePasswords", "ssh", "hosts", "etcd",
     "patroni", "postgresql", "dcs", "initdb", "clientCidrs", "pgHba", "roles", "haproxy",
-    "sshPrivateKey", "rolePasswords", *SECRET_KEYS,
+    "sshPrivateKey", "rolePasswords", "restartPolicy", "leader", *SECRET_KEYS,
 )
 
 DEFAULT_PARAMETERS: dict[str, Any] = {
@@ -556,11 +559,24 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
     reserved = {postgres.superuser, postgres.replication_user, postgres.rewind_user}
     roles = _load_roles(problems, raw.get("roles"), reserved, role_passwords, generate)
 
+    restart_policy = as_str(problems, "restartPolicy", raw.get("restartPolicy"), "rolling")
+    if restart_policy not in ("rolling", "manual"):
+        problems.add("restartPolicy", f"{restart_policy!r} is not one of rolling, manual")
+    leader = raw.get("leader")
+    if leader is not None:
+        leader = as_str(problems, "leader", leader)
+        node = next((h for h in patroni_hosts if h.name == leader), None)
+        if node is None:
+            problems.add("leader", f"{leader!r} is not a host with the patroni role "
+                         f"({', '.join(h.name for h in patroni_hosts) or 'none'})")
+        elif node.tags.nofailover:
+            problems.add("leader", f"{leader!r} is tagged nofailover and cannot lead")
+
     problems.raise_if_any()
     present = frozenset(k for k in (*SECRET_KEYS, "sshPrivateKey") if raw.get(k))
     return ClusterConfig(
         scope=scope, namespace=namespace, production=production, generate_passwords=generate,
         hosts=hosts, etcd=etcd, patroni=patroni, postgresql=postgres, dcs=dcs,
         initdb=tuple(initdb), client_cidrs=cidrs, pg_hba_extra=tuple(hba_extra), roles=roles,
-        haproxy=haproxy, secrets_present=present,
+        haproxy=haproxy, restart_policy=restart_policy, leader=leader, ssh=ssh, secrets_present=present,
     )

@@ -9,7 +9,14 @@ import pulumi
 
 from components import specs
 from components.config import ClusterConfig
-from components.resources import DatabaseRole, PatroniCluster, PatroniInstall, PatroniNode
+from components.resources import (
+    DatabaseRole,
+    PatroniCluster,
+    PatroniDynamicConfig,
+    PatroniInstall,
+    PatroniLeader,
+    PatroniNode,
+)
 from components.secrets import ClusterSecrets
 
 
@@ -58,6 +65,17 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                 pulumi.ResourceOptions(parent=self, depends_on=[install, self.cluster, *depends_on]),
             )
 
+        nodes = list(self.nodes.values())
+        self.dynamic_config = PatroniDynamicConfig(
+            f"{cfg.scope}-dynamic-config",
+            {**specs.dynamic_config_spec(cfg), "secrets": patroni_secrets},
+            pulumi.ResourceOptions(parent=self, depends_on=nodes),
+        )
+        self.leader = PatroniLeader(
+            f"{cfg.scope}-leader", {**specs.leader_spec(cfg), "secrets": patroni_secrets},
+            pulumi.ResourceOptions(parent=self, depends_on=[self.dynamic_config]),
+        )
+
         nodes_info = {
             host.name: {"connection": specs.connection(host),
                         "api_url": f"http://{host.address}:{cfg.patroni.restapi_port}"}
@@ -67,7 +85,8 @@ class PatroniClusterComponent(pulumi.ComponentResource):
         for role in cfg.roles:
             props: dict[str, Any] = {
                 "scope": cfg.scope, "name": role.name, "options": list(role.options), "login": role.login,
-                "nodes": nodes_info, "bin_dir": cfg.postgresql.bin_dir,
+                "nodes": nodes_info, "default_connection": specs.default_connection(cfg),
+                "bin_dir": cfg.postgresql.bin_dir,
                 "socket_dir": "/var/run/postgresql", "pg_port": cfg.postgresql.port,
             }
             if role.name in secrets.role_passwords:

@@ -12,6 +12,7 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from components.providers.database_role import DatabaseRoleProvider
+from components.providers.dynamic_config import DynamicConfigProvider, LeaderProvider
 from components.providers.etcd_member import EtcdMemberProvider
 from components.providers.generated_password import GeneratedPasswordProvider
 from components.providers.haproxy_config import HAProxyConfigProvider
@@ -81,3 +82,18 @@ class GeneratedPassword(Resource, module="pgha", name="GeneratedPassword"):
 class MembershipGuard(Resource, module="pgha", name="MembershipGuard"):
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(MembershipGuardProvider(), name, props, opts)
+
+
+class PatroniDynamicConfig(Resource, module="pgha", name="PatroniDynamicConfig"):
+    pending_restart: pulumi.Output[list[str]]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(DynamicConfigProvider(), name, {"pending_restart": None, "restarted": None, **props},
+                         _opts(opts))
+
+
+class PatroniLeader(Resource, module="pgha", name="PatroniLeader"):
+    current_leader: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(LeaderProvider(), name, {"current_leader": None, **props}, _opts(opts))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from components.config import ClusterConfig, Host
+from components import pg_params
+from components.config import ClusterConfig, Host, SshSettings
 
 RESTAPI_USERNAME = "patroni"
 SCRAM = "scram-sha-256"
@@ -52,18 +53,25 @@ def etcd_client_endpoints(cfg: ClusterConfig) -> list[str]:
     return [f"{h.address}:{cfg.etcd.client_port}" for h in cfg.with_role("etcd")]
 
 
-def connection(host: Host) -> dict[str, Any]:
-    """How providers reach a host; part of every host resource's inputs."""
-    ssh = host.ssh
-    conn: dict[str, Any] = {
-        "host": host.address, "port": ssh.port, "user": ssh.user,
-        "private_key_file": ssh.private_key_file, "known_hosts_file": ssh.known_hosts_file,
-        "strict_host_keys": ssh.strict_host_keys,
+def _ssh_props(ssh: SshSettings) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "port": ssh.port, "user": ssh.user, "private_key_file": ssh.private_key_file,
+        "known_hosts_file": ssh.known_hosts_file, "strict_host_keys": ssh.strict_host_keys,
     }
     if ssh.bastion:
-        conn["bastion"] = {"host": ssh.bastion.address, "port": ssh.bastion.port,
-                           "user": ssh.bastion.user}
-    return conn
+        props["bastion"] = {"host": ssh.bastion.address, "port": ssh.bastion.port, "user": ssh.bastion.user}
+    return props
+
+
+def connection(host: Host) -> dict[str, Any]:
+    """How providers reach a host; part of every host resource's inputs."""
+    return {"host": host.address, **_ssh_props(host.ssh)}
+
+
+def default_connection(cfg: ClusterConfig) -> dict[str, Any]:
+    """The stack-wide SSH settings, for a host known only from the DCS."""
+    assert cfg.ssh is not None
+    return _ssh_props(cfg.ssh)
 
 
 def etcd_member_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
@@ -165,3 +173,38 @@ def haproxy_spec(cfg: ClusterConfig) -> dict[str, Any]:
             for h in cfg.with_role("patroni")
         ],
     }
+
+
+def dcs_settings(cfg: ClusterConfig) -> dict[str, Any]:
+    """What Patroni keeps in the DCS (`patronictl show-config`), as the stack declares it."""
+    dcs = cfg.dcs
+    return {
+        "ttl": dcs.ttl, "loop_wait": dcs.loop_wait, "retry_timeout": dcs.retry_timeout,
+        "maximum_lag_on_failover": dcs.maximum_lag_on_failover,
+        "synchronous_mode": dcs.synchronous_mode,
+        "postgresql": {
+            "use_pg_rewind": dcs.use_pg_rewind, "use_slots": dcs.use_slots,
+            "parameters": {k: str(v) for k, v in dcs.parameters.items()},
+        },
+    }
+
+
+def dynamic_config_spec(cfg: ClusterConfig) -> dict[str, Any]:
+    settings = dcs_settings(cfg)
+    params = settings["postgresql"]["parameters"]
+    return {
+        "scope": cfg.scope,
+        "namespace": cfg.namespace,
+        "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)],
+        "dcs": settings,
+        "restart_policy": cfg.restart_policy,
+        # Shown in the preview: changing any of these restarts every node
+        # (replicas one at a time, a switchover, then the former leader).
+        "restart_required": {k: v for k, v in sorted(params.items()) if k in pg_params.RESTART_REQUIRED},
+        "leader": cfg.leader,
+    }
+
+
+def leader_spec(cfg: ClusterConfig) -> dict[str, Any]:
+    return {"scope": cfg.scope, "namespace": cfg.namespace,
+            "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)], "leader": cfg.leader}

@@ -73,15 +73,25 @@ def _literal(text: str) -> str:
 
 class DatabaseRoleProvider(HostProvider):
     REPLACE_ON = frozenset({"name"})
+    # How to reach the nodes is routing, not the role's state: membership
+    # changes must not show as an update of every role.
+    CREATE_ONLY = frozenset({"nodes", "default_connection"})
 
     def _leader(self, props: dict[str, Any]) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
-            for host in props["nodes"].values():
+            for name, host in props["nodes"].items():
                 try:
-                    if PatroniApi(host["api_url"]).patroni().get("role") in LEADER_ROLES:
-                        return host
+                    status = PatroniApi(host["api_url"]).patroni()
                 except RestError:
                     continue
+                if status.get("role") in LEADER_ROLES:
+                    return host
+                leader = (PatroniApi(host["api_url"]).cluster().get("members") or [])
+                for member in leader:
+                    if member.get("role") in LEADER_ROLES and member["name"] != name:
+                        # A leader added after this role's last update: reach it with the defaults.
+                        default = {**props["default_connection"], "host": member["host"]}
+                        return props["nodes"].get(member["name"]) or {"connection": default}
             return None
 
         return wait_for(find, timeout=120, interval=2, what="a Patroni leader to run SQL on",

@@ -125,8 +125,13 @@ class ProjectCopy:
             if step["op"] == "same":
                 continue
             name = step["urn"].rsplit("::", 1)[-1]
+            old = (step.get("oldState") or {}).get("inputs") or {}
+            new = (step.get("newState") or {}).get("inputs") or {}
             keys = sorted({re.split(r"[.\[]", k)[0] for k in (step.get("detailedDiff") or {})}
-                          | set(step.get("diffReasons") or []))
+                          | set(step.get("diffReasons") or [])
+                          | {k for k in set(old) | set(new)
+                             if not k.startswith("__") and old.get(k) != new.get(k)} if step["op"] == "update"
+                          else set())
             steps.append({"op": step["op"], "name": name, "keys": keys})
         return steps
 

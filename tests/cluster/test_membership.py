@@ -97,7 +97,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
     try:
         link_wheelhouse(lab)
         project = ProjectCopy(tmp_path_factory.mktemp("membership"), "membership")
-        project.run("stack", "init", "membership")
+        project.cli.run("stack", "init", "membership")
         config = copy.deepcopy(project.base_config)
         config["hosts"] = BASE_HOSTS
         project.write_config(config)

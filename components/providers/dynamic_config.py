@@ -1,0 +1,221 @@
+"""PatroniDynamicConfig: the cluster-wide settings Patroni keeps in the DCS.
+
+`bootstrap.dcs` only seeds a new cluster; afterwards this resource is the
+source of truth. A change is one `PATCH /config` (keys removed from the stack
+are sent as null, which deletes them); `pulumi refresh` reads `GET /config`,
+so edits made with `patronictl edit-config` show up as drift.
+
+When a parameter needs a restart, the nodes are restarted so that writes see
+only one switchover: replicas one at a time (each streaming again before the
+next), then a switchover to a restarted replica, then the former leader.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
+
+from components.providers.base import HostProvider, public
+from components.transport.rest import EtcdGateway, PatroniApi, RestError, first_healthy
+from components.transport.ssh import SshError, wait_for
+
+LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
+TOP_LEVEL = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "synchronous_mode")
+PG_LEVEL = ("use_pg_rewind", "use_slots")
+
+
+def config_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The PATCH body: every desired value, and null for what the stack no longer sets."""
+    old = old or {}
+    patch: dict[str, Any] = {k: new[k] for k in TOP_LEVEL if k in new}
+    patch.update({k: None for k in TOP_LEVEL if k in old and k not in new})
+    pg_old, pg_new = old.get("postgresql", {}), new.get("postgresql", {})
+    pg: dict[str, Any] = {k: pg_new[k] for k in PG_LEVEL if k in pg_new}
+    params = dict(pg_new.get("parameters", {}))
+    params.update({k: None for k in pg_old.get("parameters", {}) if k not in params})
+    pg["parameters"] = params
+    patch["postgresql"] = pg
+    return patch
+
+
+def managed_view(live: dict[str, Any], managed: dict[str, Any]) -> dict[str, Any]:
+    """The live /config restricted to what the stack manages, for refresh and drift."""
+    view = {k: live[k] for k in TOP_LEVEL if k in live}
+    pg_live = live.get("postgresql", {}) or {}
+    params = {k: str(v) for k, v in (pg_live.get("parameters") or {}).items()
+              if k in managed.get("postgresql", {}).get("parameters", {})}
+    view["postgresql"] = {**{k: pg_live[k] for k in PG_LEVEL if k in pg_live}, "parameters": params}
+    return view
+
+
+class Cluster:
+    """The members as the DCS lists them, and their REST APIs."""
+
+    def __init__(self, props: dict[str, Any]) -> None:
+        self.props = props
+        self.auth = ("patroni", props["secrets"]["restapi"])
+        gateway = first_healthy(props["etcd_endpoints"])
+        if gateway is None:
+            raise SshError(props["scope"], "read the DCS", "no healthy etcd member")
+        self.gateway: EtcdGateway = gateway
+        self.prefix = f"{props['namespace'].rstrip('/')}/{props['scope']}/"
+
+    def api_urls(self) -> dict[str, str]:
+        urls = {}
+        for key in self.gateway.keys_with_prefix(f"{self.prefix}members/"):
+            member = json.loads(self.gateway.get(key) or "{}")
+            if member.get("api_url"):
+                urls[key.rsplit("/", 1)[-1]] = member["api_url"].rsplit("/", 1)[0]
+        return urls
+
+    def api(self, name: str | None = None) -> PatroniApi:
+        urls = self.api_urls()
+        if not urls:
+            raise SshError(self.props["scope"], "reach Patroni", "no member is registered in the DCS")
+        return PatroniApi(urls[name] if name else next(iter(sorted(urls.values()))), auth=self.auth)
+
+    def members(self) -> list[dict[str, Any]]:
+        return self.api().cluster().get("members", [])
+
+
+def _healthy_replica(member: dict[str, Any]) -> bool:
+    return member.get("state") == "streaming" and not member.get("pending_restart")
+
+
+def _restart(cluster: Cluster, name: str, ready: Any, what: str, timeout: float) -> None:
+    resp = cluster.api(name).restart()
+    if resp.status_code not in (200, 202):
+        raise SshError(name, what, f"POST /restart: HTTP {resp.status_code} {resp.text[:200]}")
+    wait_for(lambda: any(m["name"] == name and ready(m) for m in cluster.members()),
+             timeout=timeout, interval=1, what=f"{name} back after its restart", host=name)
+
+
+def rolling_restart(cluster: Cluster, preferred_leader: str | None, timeout: float = 600) -> list[str]:
+    """Restart every node with pending_restart, leader last, behind one switchover."""
+    restarted: list[str] = []
+    replicas = sorted(m["name"] for m in cluster.members()
+                      if m.get("role") not in LEADER_ROLES and m.get("pending_restart"))
+    for name in replicas:
+        _restart(cluster, name, _healthy_replica, "restart a replica", timeout)
+        restarted.append(name)
+    leader = next((m for m in cluster.members() if m.get("role") in LEADER_ROLES), None)
+    if leader is None or not leader.get("pending_restart"):
+        return restarted
+    candidates = [m["name"] for m in cluster.members() if m["name"] != leader["name"]
+                  and _healthy_replica(m) and not (m.get("tags") or {}).get("nofailover")]
+    if candidates:
+        switch_leader(cluster, leader["name"],
+                      preferred_leader if preferred_leader in candidates else candidates[0])
+        _restart(cluster, leader["name"], _healthy_replica, "restart the former leader", timeout)
+    else:  # a single node: nothing to hand over to
+        _restart(cluster, leader["name"],
+                 lambda m: m.get("state") == "running" and not m.get("pending_restart"),
+                 "restart the leader", timeout)
+    restarted.append(leader["name"])
+    return restarted
+
+
+def switch_leader(cluster: Cluster, current: str, target: str) -> None:
+    resp = cluster.api(current).switchover(current, target)
+    if resp.status_code not in (200, 202):
+        raise SshError(current, f"switch over to {target}", f"HTTP {resp.status_code} {resp.text[:200]}")
+    wait_for(lambda: any(m["name"] == target and m.get("role") in LEADER_ROLES for m in cluster.members()),
+             timeout=120, interval=1, what=f"{target} leading", host=target)
+
+
+class DynamicConfigProvider(HostProvider):
+    REPLACE_ON = frozenset({"scope", "namespace"})
+    CREATE_ONLY = frozenset({"etcd_endpoints"})  # routing: any live member will do
+    OUTPUTS = frozenset({"restarted", "pending_restart"})
+
+    def _apply(self, old: dict[str, Any] | None, props: dict[str, Any]) -> dict[str, Any]:
+        cluster = Cluster(props)
+        api = cluster.api()
+        resp = api.patch_config(config_patch(old, props["dcs"]))
+        if resp.status_code != 200:
+            raise SshError(props["scope"], "PATCH /config", f"HTTP {resp.status_code} {resp.text[:300]}")
+        # Every node applies the change in its next HA loop.
+        time.sleep(min(int(props["dcs"].get("loop_wait", 10)), 10) + 2)
+        restarted: list[str] = []
+        if props.get("restart_policy", "rolling") == "rolling":
+            wait_for(lambda: all(m.get("state") in ("running", "streaming") for m in cluster.members()),
+                     timeout=120, interval=1, what="every member running", host=props["scope"])
+            restarted = rolling_restart(cluster, props.get("leader"))
+        pending = sorted(m["name"] for m in cluster.members() if m.get("pending_restart"))
+        return {**public(props), "restarted": restarted, "pending_restart": pending}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props['scope']}/config", outs=self._apply(None, props))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._apply(olds.get("dcs"), news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        outs = dict(props)
+        try:
+            cluster = Cluster(props)
+            outs["dcs"] = managed_view(cluster.api().config(), props.get("dcs", {}))
+            outs["pending_restart"] = sorted(m["name"] for m in cluster.members() if m.get("pending_restart"))
+        except (RestError, SshError):
+            pass
+        return ReadResult(id_=id_, outs=outs)
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """The settings go with the cluster's keys (PatroniCluster's delete)."""
+
+
+class LeaderProvider(HostProvider):
+    """Switchover to the configured leader when it is not leading (after checking it).
+
+    Without `pgha:leader` nothing is asserted, so an automatic failover stands.
+    With it, a refresh that finds another leader makes the next `up` switch back.
+    """
+
+    OUTPUTS = frozenset({"current_leader"})
+    CREATE_ONLY = frozenset({"etcd_endpoints"})  # routing: any live member will do
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        result = super().diff(_id, olds, news)
+        moved = bool(news.get("leader")) and olds.get("current_leader") not in (None, news.get("leader"))
+        return DiffResult(changes=bool(result.changes or moved), replaces=result.replaces,
+                          delete_before_replace=result.delete_before_replace)
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        outs = dict(props)
+        try:
+            outs["current_leader"] = next((m["name"] for m in Cluster(props).members()
+                                           if m.get("role") in LEADER_ROLES), None)
+        except (RestError, SshError):
+            pass
+        return ReadResult(id_=id_, outs=outs)
+
+    def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
+        target = props.get("leader")
+        if not target:
+            return public(props)
+        cluster = Cluster(props)
+        members = {m["name"]: m for m in cluster.members()}
+        current = next((n for n, m in members.items() if m.get("role") in LEADER_ROLES), None)
+        if current == target:
+            return {**public(props), "current_leader": current}
+        candidate = members.get(target)
+        tags = (candidate or {}).get("tags") or {}
+        if candidate is None or not _healthy_replica(candidate) or tags.get("nofailover"):
+            raise SshError(target, "switch over to pgha:leader",
+                           f"{target} is not a healthy streaming replica: {candidate}")
+        if current is None:
+            raise SshError(target, "switch over to pgha:leader", "the cluster has no leader now")
+        switch_leader(cluster, current, target)
+        return {**public(props), "current_leader": target}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props['scope']}/leader", outs=self._apply(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._apply(news))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Removing the setting leaves the leader where it is."""
