@@ -131,6 +131,7 @@ class HaproxySettings:
     replica_port: int
     stats_port: int
     maxconn: int
+    global_maxconn: int
     check_inter_ms: int
     check_fastinter_ms: int
     check_fall: int
@@ -400,13 +401,15 @@ def _load_patroni(problems: Problems, raw: Any, production: bool) -> PatroniSett
 def _load_haproxy(problems: Problems, raw: Any) -> HaproxySettings:
     data = as_mapping(problems, "haproxy", raw)
     check_unknown_keys(problems, "haproxy", data, (
-        "primaryPort", "replicaPort", "statsPort", "maxconn", "checkInterMs",
+        "primaryPort", "replicaPort", "statsPort", "maxconn", "globalMaxconn", "checkInterMs",
         "checkFastInterMs", "checkFall", "checkRise"))
     return HaproxySettings(
         primary_port=as_port(problems, "haproxy.primaryPort", data.get("primaryPort"), 5000),
         replica_port=as_port(problems, "haproxy.replicaPort", data.get("replicaPort"), 5001),
         stats_port=as_port(problems, "haproxy.statsPort", data.get("statsPort"), 7000),
         maxconn=as_int(problems, "haproxy.maxconn", data.get("maxconn"), 150, minimum=1),
+        # Fixed, not derived from the node count, so adding a node changes only the server list.
+        global_maxconn=as_int(problems, "haproxy.globalMaxconn", data.get("globalMaxconn"), 4000, minimum=1),
         check_inter_ms=as_int(problems, "haproxy.checkInterMs", data.get("checkInterMs"), 2000, minimum=100),
         check_fastinter_ms=as_int(problems, "haproxy.checkFastInterMs", data.get("checkFastInterMs"),
                                   500, minimum=100),

@@ -162,7 +162,7 @@ def haproxy_spec(cfg: ClusterConfig) -> dict[str, Any]:
         "replica_port": ha.replica_port,
         "stats_port": ha.stats_port,
         "maxconn": ha.maxconn,
-        "global_maxconn": max(1000, ha.maxconn * 2 * max(1, len(cfg.with_role("patroni")))),
+        "global_maxconn": ha.global_maxconn,
         "inter_ms": ha.check_inter_ms,
         "fastinter_ms": ha.check_fastinter_ms,
         "fall": ha.check_fall,

@@ -128,7 +128,9 @@ def switch_leader(cluster: Cluster, current: str, target: str) -> None:
 
 class DynamicConfigProvider(HostProvider):
     REPLACE_ON = frozenset({"scope", "namespace"})
-    CREATE_ONLY = frozenset({"etcd_endpoints"})  # routing: any live member will do
+    # Routing and preference, not settings: any live etcd member will do, and the
+    # preferred leader is the PatroniLeader resource's change.
+    CREATE_ONLY = frozenset({"etcd_endpoints", "leader"})
     OUTPUTS = frozenset({"restarted", "pending_restart"})
 
     def _apply(self, old: dict[str, Any] | None, props: dict[str, Any]) -> dict[str, Any]:
