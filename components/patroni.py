@@ -39,7 +39,7 @@ class PatroniClusterComponent(pulumi.ComponentResource):
         # when it removes the cluster's keys from the DCS.
         self.cluster = PatroniCluster(
             f"{cfg.scope}-cluster",
-            specs.patroni_cluster_spec(cfg),
+            {**specs.patroni_cluster_spec(cfg), "secrets": patroni_secrets},
             pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )
 

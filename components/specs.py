@@ -151,6 +151,7 @@ def patroni_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
         "scope": cfg.scope,
         "namespace": cfg.namespace,
         "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)],
+        "members": [h.name for h in cfg.with_role("patroni")],
     }
 
 

@@ -2,7 +2,10 @@
 
 Created after etcd and before the nodes, deleted after every node, so that a
 destroy ends with what `patronictl remove` does: the cluster's keys deleted
-from etcd once no member is left running.
+from etcd once no member is left running. Its member list changes before any
+node or HAProxy changes, so when the leader's node is being removed, the
+leader role moves to a staying replica first: HAProxy then never points at
+no primary, and the removed node is stopped as a replica.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 from pulumi.dynamic import CreateResult, UpdateResult
 
 from components.providers.base import HostProvider, public
+from components.providers.dynamic_config import LEADER_ROLES, Cluster, switch_leader
 from components.transport.rest import EtcdGateway, RestError, first_healthy
 from components.transport.ssh import SshError, wait_for
 
@@ -43,9 +47,27 @@ class PatroniClusterProvider(HostProvider):
                  what=f"every etcd member healthy ({', '.join(endpoints)})", host=props["scope"])
         return CreateResult(id_=dcs_prefix(props), outs=public(props))
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         healthy_etcd(news["etcd_endpoints"], news["scope"])
+        removed = set(olds.get("members") or []) - set(news["members"])
+        if removed:
+            self._move_leader_off(news, removed)
         return UpdateResult(outs=public(news))
+
+    def _move_leader_off(self, props: dict[str, Any], removed: set[str]) -> None:
+        cluster = Cluster(props)
+        members = cluster.members()
+        leader = next((m for m in members if m.get("role") in LEADER_ROLES), None)
+        if leader is None or leader["name"] not in removed:
+            return
+        candidates = sorted(
+            (m for m in members if m["name"] in props["members"] and m.get("state") == "streaming"
+             and not (m.get("tags") or {}).get("nofailover")),
+            key=lambda m: (m["lag"] if isinstance(m.get("lag"), int) else 0, m["name"]))
+        if not candidates:
+            raise SshError(leader.get("host", props["scope"]), "switch over away from a removed leader",
+                           f"{leader['name']} leads and no staying member is a healthy replica")
+        switch_leader(cluster, leader["name"], candidates[0]["name"])
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """`patronictl remove`: only once no member is left, then every key of the cluster."""

@@ -119,6 +119,7 @@ def test_add_a_replica(scenario: Scenario) -> None:
     steps = by_op(scenario.apply([*scenario.hosts, host("pg5", ["patroni"])]))
     assert set(steps.get("create", {})) == {"pgha-lab-install-pg5", "pgha-lab-node-pg5"}, steps
     assert steps.get("update") == {
+        "pgha-lab-cluster": ["members"],
         "pgha-lab-node-pg1": ["pg_hba"], "pgha-lab-node-pg2": ["pg_hba"], "pgha-lab-node-pg3": ["pg_hba"],
         "pgha-lab-haproxy-pg4": ["servers"]}, steps
     assert set(steps) <= {"create", "update"}, steps
@@ -135,6 +136,7 @@ def test_remove_a_replica(scenario: Scenario) -> None:
     steps = by_op(scenario.apply([h for h in scenario.hosts if h["name"] != "pg5"]))
     assert set(steps.get("delete", {})) == {"pgha-lab-install-pg5", "pgha-lab-node-pg5"}, steps
     assert steps.get("update") == {
+        "pgha-lab-cluster": ["members"],
         "pgha-lab-node-pg1": ["pg_hba"], "pgha-lab-node-pg2": ["pg_hba"], "pgha-lab-node-pg3": ["pg_hba"],
         "pgha-lab-haproxy-pg4": ["servers"]}, steps
     wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=60, what="3 members again")
