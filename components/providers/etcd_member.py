@@ -105,12 +105,17 @@ class EtcdMemberProvider(HostProvider):
         wait_for(me.healthy, timeout=timeout, what="etcd member healthy", host=props["address"])
 
     def _promote(self, props: dict[str, Any], member: dict[str, Any]) -> None:
-        """Promote a learner once etcd says it has caught up with the leader."""
+        """Promote a learner once etcd says it has caught up with the leader.
+
+        A learner serves no cluster RPCs itself, so this goes through a voting member.
+        """
         if not member.get("isLearner"):
             return
-        gateway = EtcdGateway(_my_client(props))
 
         def voting() -> bool:
+            gateway = _find_cluster(props)
+            if gateway is None:
+                return False
             current = _member_by_peer(gateway.members(), _peer_url(props))
             if current is None:
                 raise RestError(f"{props['name']} disappeared from the member list")

@@ -47,7 +47,9 @@ def _installed_version(ssh: Ssh, venv: str) -> str:
 def _install(ssh: Ssh, props: dict[str, Any]) -> None:
     venv = shlex.quote(props["venv"])
     requirement = shlex.quote(f"patroni[etcd3]=={props['version']}")
-    ssh.run(f"[ -x {venv}/bin/pip ] || python3 -m venv {venv}",
+    # Only reached when the wanted version is not installed: a fresh virtualenv also
+    # clears what an interrupted earlier install may have left half-done.
+    ssh.run(f"rm -rf {venv} && python3 -m venv {venv}",
             step="create the Patroni virtualenv (needs python3-venv)")
     if props["method"] == "wheelhouse":
         ssh.upload_dir(props["wheelhouse"], REMOTE_WHEELHOUSE, step="upload the Patroni wheelhouse")

@@ -173,7 +173,7 @@ def test_secret_files_are_0600_and_owned_by_their_service_user(failures: Failure
         found = failures.lab.ssh(
             name,
             "sudo grep -rlF -f /dev/stdin /etc /opt /var/lib/postgresql /var/cache/pgha /tmp /root "
-            "/home /var/tmp 2>/dev/null | grep -v '/pg_wal/\\|/base/\\|/global/' || true",
+            "/home /var/tmp /var/log 2>/dev/null || true",
             input=patterns,
         ).stdout.split()
         for path in found:
@@ -202,14 +202,16 @@ def test_pg_hba_uses_scram_never_trust_and_limits_replication(failures: Failures
 BAD_CONFIGS: list[tuple[str, Any, str]] = [
     ("duplicate address", lambda c: c["hosts"][1].update(address="10.77.0.11"), "pgha:hosts[1].address"),
     ("typo in a key", lambda c: c["hosts"][0].update(rolez=["etcd"]), "pgha:hosts[0].rolez"),
-    ("port collision", lambda c: c.update(haproxy={"statsPort": 8008}), "pgha:"),
+    ("port collision", lambda c: (c["hosts"][0].update(roles=["etcd", "patroni", "haproxy"]),
+                                  c.update(haproxy={"statsPort": 8008})), "pgha:haproxy.statsPort"),
     (
         "wrong parameter type",
         lambda c: c["postgresql"]["parameters"].update(max_connections="lots"),
         "pgha:postgresql.parameters.max_connections",
     ),
     ("leader not a node", lambda c: c.update(leader="pg9"), "pgha:leader"),
-    ("even etcd in production", lambda c: c.update(production=True, generatePasswords=False), "pgha:"),
+    ("production without secrets", lambda c: c.update(production=True, generatePasswords=False),
+     "pgha:superuserPassword"),
     ("bad CIDR", lambda c: c.update(clientCidrs=["10.77.0.0/33"]), "pgha:clientCidrs[0]"),
     (
         "removing a majority of etcd members",
