@@ -35,7 +35,7 @@ unit: venv
 	@$(ENV) .venv/bin/python -m pytest -m "not lab and not cluster and not engine" tests $(PYTEST_ARGS)
 
 lint: venv
-	@$(ENV) ruff check . && ruff format --check .
+	@$(ENV) ruff check .
 
 ## lock: regenerate requirements.txt from requirements.in
 lock:

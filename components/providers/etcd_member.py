@@ -78,13 +78,24 @@ class EtcdMemberProvider(HostProvider):
             ssh.run(f"d={shlex.quote(props['data_dir'])}; if [ -d \"$d\" ]; then "
                     f"systemctl stop etcd; mv \"$d\" \"$d.stale-$(date +%s)\"; fi",
                     step="set aside a stale etcd data dir")
-            added = cluster.add_member(peer, learner=True)
+            added = wait_for(lambda: self._try_add(cluster, peer), timeout=90, interval=2,
+                             what="etcd accepting the new member", host=props["address"])
             me = added["member"]
             members = added.get("members", [*members, me])
         named = [f"{m['name']}={m['peerURLs'][0]}" for m in members if m.get("name") and m is not me
                  and peer not in m.get("peerURLs", [])]
         initial = ",".join(sorted([*named, f"{props['name']}={peer}"]))
         return initial, "existing", me
+
+    @staticmethod
+    def _try_add(cluster: EtcdGateway, peer: str) -> dict[str, Any] | None:
+        """etcd refuses a member while a previous one is not yet active long enough."""
+        try:
+            return cluster.add_member(peer, learner=True)
+        except RestError as err:
+            if "unhealthy cluster" in str(err) or "too many learner" in str(err):
+                return None
+            raise
 
     def _start(self, ssh: Ssh, props: dict[str, Any], initial: str, state: str) -> None:
         ssh.run("command -v etcd >/dev/null || "
@@ -156,6 +167,7 @@ class EtcdMemberProvider(HostProvider):
                 self._wait_healthy(props)
                 if me is not None:
                     self._promote(props, me)
+                    self._wait_healthy(props)
         member_id = ""
         try:
             member = _member_by_peer(EtcdGateway(_my_client(props)).members(), _peer_url(props)) or {}

@@ -124,9 +124,9 @@ def test_add_a_replica(scenario: Scenario) -> None:
         "pgha-lab-haproxy-pg4": ["servers"]}, steps
     assert set(steps) <= {"create", "update"}, steps
     wait_until(lambda: settled({"pg1", "pg2", "pg3", "pg5"}), timeout=60, what="pg5 streaming")
-    servers = haproxy_servers()
-    assert set(servers["pgha-lab_primary"]) == {"pg1", "pg2", "pg3", "pg5"}
-    assert servers["pgha-lab_replicas"].get("pg5") == "UP", servers
+    assert set(haproxy_servers()["pgha-lab_primary"]) == {"pg1", "pg2", "pg3", "pg5"}
+    wait_until(lambda: haproxy_servers()["pgha-lab_replicas"].get("pg5") == "UP", timeout=30,
+               what="pg5 UP in HAProxy's replica backend")
     assert scenario.load.failures == [], scenario.load.failures[:5]
     assert scenario.load.missing() == []
 
