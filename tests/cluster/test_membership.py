@@ -172,7 +172,7 @@ def test_etcd_three_to_five_to_three(scenario: Scenario) -> None:
     steps = by_op(scenario.apply([*scenario.hosts, host("pg6", ["etcd"]), host("pg7", ["etcd"])]))
     assert set(steps.get("create", {})) == {"pgha-lab-etcd-pg6", "pgha-lab-etcd-pg7"}, steps
     assert set(steps.get("update", {})) == {"pgha-lab-node-pg1", "pgha-lab-node-pg2", "pgha-lab-node-pg3",
-                                            "pgha-lab-cluster"}, steps
+                                            "pgha-lab-cluster", "pgha-lab-etcd-membership"}, steps
     assert all(keys == ["etcd_hosts"] for name, keys in steps["update"].items() if "node" in name), steps
     members = etcd_members()
     assert sorted(m["name"] for m in members) == ["pg1", "pg2", "pg3", "pg6", "pg7"]
