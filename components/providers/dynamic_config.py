@@ -86,9 +86,15 @@ def _healthy_replica(member: dict[str, Any]) -> bool:
 
 
 def _restart(cluster: Cluster, name: str, ready: Any, what: str, timeout: float) -> None:
-    resp = cluster.api(name).restart()
-    if resp.status_code not in (200, 202):
+    def posted() -> bool:
+        resp = cluster.api(name).restart()
+        if resp.status_code in (200, 202):
+            return True
+        if resp.status_code == 503:  # e.g. a demote still in progress: try again shortly
+            raise SshError(name, what, f"POST /restart: HTTP 503 {resp.text[:200]}")
         raise SshError(name, what, f"POST /restart: HTTP {resp.status_code} {resp.text[:200]}")
+
+    wait_for(posted, timeout=60, interval=2, what=f"{name} accepting a restart", host=name)
     wait_for(lambda: any(m["name"] == name and ready(m) for m in cluster.members()),
              timeout=timeout, interval=1, what=f"{name} back after its restart", host=name)
 
@@ -109,6 +115,10 @@ def rolling_restart(cluster: Cluster, preferred_leader: str | None, timeout: flo
     if candidates:
         switch_leader(cluster, leader["name"],
                       preferred_leader if preferred_leader in candidates else candidates[0])
+        wait_for(lambda: any(m["name"] == leader["name"] and m.get("state") == "streaming"
+                             for m in cluster.members()),
+                 timeout=timeout, interval=1, what=f"{leader['name']} streaming from the new leader",
+                 host=leader["name"])
         _restart(cluster, leader["name"], _healthy_replica, "restart the former leader", timeout)
     else:  # a single node: nothing to hand over to
         _restart(cluster, leader["name"],

@@ -286,6 +286,7 @@ def test_etcd_quorum_loss_makes_the_leader_read_only_then_recovers(failures: Fai
         f"{failures.load.longest_window():.1f}s (recovery started {time.monotonic() - lost_at:.1f}s later)"
     )
     assert failures.load.missing() == []
+    failures.load.assert_progressing()
 
 
 # --- the leader -----------------------------------------------------------------------
@@ -377,6 +378,7 @@ def test_isolated_leader_stops_accepting_writes_never_two_primaries(failures: Fa
         what=f"{leader} rejoined (pg_rewind) as a streaming replica",
     )
     assert failures.load.missing() == []
+    failures.load.assert_progressing()
     print(
         f"\nisolation: {leader} -> {new_leader}; writes unavailable {failures.load.longest_window():.1f}s; "
         f"{len(writable_samples)} samples, never two writable nodes"

@@ -129,6 +129,7 @@ def test_add_a_replica(scenario: Scenario) -> None:
                what="pg5 UP in HAProxy's replica backend")
     assert scenario.load.failures == [], scenario.load.failures[:5]
     assert scenario.load.missing() == []
+    scenario.load.assert_progressing()
 
 
 def test_remove_a_replica(scenario: Scenario) -> None:
@@ -143,6 +144,7 @@ def test_remove_a_replica(scenario: Scenario) -> None:
     assert "pg5" not in haproxy_servers()["pgha-lab_primary"]
     assert scenario.load.failures == [], scenario.load.failures[:5]
     assert scenario.load.missing() == []
+    scenario.load.assert_progressing()
 
 
 def test_remove_the_current_leader(scenario: Scenario) -> None:
@@ -160,6 +162,7 @@ def test_remove_the_current_leader(scenario: Scenario) -> None:
           f"write-unavailability window {window:.2f}s")
     assert window < 30, "the switchover window is longer than a failover would be"
     assert scenario.load.missing() == []
+    scenario.load.assert_progressing()
     # Put it back as a replica for the etcd steps that follow.
     scenario.load.reset_counters()
     scenario.apply([dict(h, roles=["etcd", "patroni"]) if h["name"] == leader else h for h in scenario.hosts])
@@ -184,6 +187,7 @@ def test_etcd_three_to_five_to_three(scenario: Scenario) -> None:
     wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=60, what="Patroni unaffected")
     assert scenario.load.failures == [], scenario.load.failures[:5]
     assert scenario.load.missing() == []
+    scenario.load.assert_progressing()
 
 
 def test_remove_a_node_whose_host_crashed(scenario: Scenario) -> None:
@@ -198,3 +202,4 @@ def test_remove_a_node_whose_host_crashed(scenario: Scenario) -> None:
     wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=90, what="pg5 gone from the DCS")
     assert "pg5" not in haproxy_servers()["pgha-lab_primary"]
     assert scenario.load.missing() == []
+    scenario.load.assert_progressing()

@@ -113,6 +113,7 @@ def test_restart_parameter_rolls_through_the_cluster(ops: Ops) -> None:
           f"{len(ops.load.windows)} outage(s)")
     assert len(ops.load.windows) <= 1, f"writes failed more than once: {ops.load.windows}"
     assert ops.load.missing() == []
+    ops.load.assert_progressing()
 
 
 def test_noloadbalance_takes_a_node_out_of_the_replica_backend(ops: Ops) -> None:
@@ -142,6 +143,7 @@ def test_switchover_by_config(ops: Ops) -> None:
     assert members()[target]["role"] == "leader"
     print(f"\nswitchover by config to {target}: longest write outage {ops.load.longest_window():.2f}s")
     assert ops.load.missing() == []
+    ops.load.assert_progressing()
 
 
 def test_roles_created_altered_dropped(ops: Ops) -> None:

@@ -53,7 +53,7 @@ class WriteLoad:
                 if down_since is not None:
                     self.windows.append((down_since, time.monotonic()))
                     down_since = None
-            except psycopg.Error as err:
+            except Exception as err:  # noqa: BLE001 - any failed write is recorded, the loop goes on
                 self.failures.append((time.monotonic(), str(err).strip().splitlines()[0][:200]))
                 if down_since is None:
                     down_since = time.monotonic()
@@ -80,6 +80,15 @@ class WriteLoad:
     def reset_counters(self) -> None:
         self.failures.clear()
         self.windows.clear()
+        self._mark = len(self.acknowledged)
+
+    def assert_progressing(self, timeout: float = 30.0) -> None:
+        """The load must still be writing: a dead loop would report no failures at all."""
+        assert self._thread is not None and self._thread.is_alive(), "the write load stopped"
+        deadline = time.monotonic() + timeout
+        while len(self.acknowledged) <= getattr(self, "_mark", 0) + 5:
+            assert time.monotonic() < deadline, "no write acknowledged since the step began"
+            time.sleep(0.5)
 
     def longest_window(self) -> float:
         return max((end - start for start, end in self.windows), default=0.0)
