@@ -93,17 +93,26 @@ def cluster_from(names: list[str]) -> dict[str, dict[str, Any]]:
     raise AssertionError(f"none of {names} answers /cluster")
 
 
+def sync_ready() -> bool:
+    members = cluster_from(list(NODES)).values()
+    return any(m["role"] == "leader" for m in members) and any(
+        m["role"] == "sync_standby" and m["state"] == "streaming" for m in members
+    )
+
+
 def leader_of(names: list[str]) -> str | None:
     return next((n for n, m in cluster_from(names).items() if m["role"] == "leader"), None)
 
 
 def all_passwords(project: ProjectCopy) -> list[str]:
     state = json.loads(project.run("stack", "export", "--show-secrets").stdout)
-    return [
+    values = [
         r["outputs"]["value"]
         for r in state["deployment"]["resources"]
         if r["type"].endswith("pgha:GeneratedPassword")
     ]
+    # A secret shows as {"<sig>": ..., "plaintext": "<JSON of the value>"} with --show-secrets.
+    return [json.loads(v["plaintext"]) if isinstance(v, dict) else v for v in values]
 
 
 def sample_ps(lab: Lab, names: list[str], stop: threading.Event, out: list[str]) -> None:
@@ -202,16 +211,25 @@ def test_pg_hba_uses_scram_never_trust_and_limits_replication(failures: Failures
 BAD_CONFIGS: list[tuple[str, Any, str]] = [
     ("duplicate address", lambda c: c["hosts"][1].update(address="10.77.0.11"), "pgha:hosts[1].address"),
     ("typo in a key", lambda c: c["hosts"][0].update(rolez=["etcd"]), "pgha:hosts[0].rolez"),
-    ("port collision", lambda c: (c["hosts"][0].update(roles=["etcd", "patroni", "haproxy"]),
-                                  c.update(haproxy={"statsPort": 8008})), "pgha:haproxy.statsPort"),
+    (
+        "port collision",
+        lambda c: (
+            c["hosts"][0].update(roles=["etcd", "patroni", "haproxy"]),
+            c.update(haproxy={"statsPort": 8008}),
+        ),
+        "pgha:haproxy.statsPort",
+    ),
     (
         "wrong parameter type",
         lambda c: c["postgresql"]["parameters"].update(max_connections="lots"),
         "pgha:postgresql.parameters.max_connections",
     ),
     ("leader not a node", lambda c: c.update(leader="pg9"), "pgha:leader"),
-    ("production without secrets", lambda c: c.update(production=True, generatePasswords=False),
-     "pgha:superuserPassword"),
+    (
+        "production without secrets",
+        lambda c: c.update(production=True, generatePasswords=False),
+        "pgha:superuserPassword",
+    ),
     ("bad CIDR", lambda c: c.update(clientCidrs=["10.77.0.0/33"]), "pgha:clientCidrs[0]"),
     (
         "removing a majority of etcd members",
@@ -293,11 +311,8 @@ def test_etcd_quorum_loss_makes_the_leader_read_only_then_recovers(failures: Fai
 
 
 def test_leader_crash_loses_no_acknowledged_commit(failures: Failures) -> None:
-    wait_until(
-        lambda: all(m["state"] in ("running", "streaming") for m in cluster_from(list(NODES)).values()),
-        timeout=90,
-        what="cluster settled",
-    )
+    # With synchronous_mode only the synchronous standby may take over: crash once there is one.
+    wait_until(sync_ready, timeout=120, what="a leader and a streaming synchronous standby")
     leader = leader_of(list(NODES))
     assert leader
     survivors = [n for n in NODES if n != leader]
@@ -327,6 +342,7 @@ def test_leader_crash_loses_no_acknowledged_commit(failures: Failures) -> None:
 
 
 def test_isolated_leader_stops_accepting_writes_never_two_primaries(failures: Failures) -> None:
+    wait_until(sync_ready, timeout=120, what="a leader and a streaming synchronous standby")
     leader = leader_of(list(NODES))
     assert leader
     writable_samples: list[set[str]] = []
