@@ -32,8 +32,11 @@ def test_one_leader_two_streaming_replicas_one_timeline(deployed: Deployed) -> N
     assert len({m["timeline"] for m in cluster["members"]}) == 1, cluster
     replicas = [m for m in cluster["members"] if m["role"] == "replica"]
     assert all(m["state"] == "streaming" for m in replicas), cluster
-    wait_until(lambda: all(m.get("lag", 1) == 0 for m in cluster_view()["members"] if m["role"] == "replica"),
-               timeout=60, what="replication lag 0")
+    wait_until(
+        lambda: all(m.get("lag", 1) == 0 for m in cluster_view()["members"] if m["role"] == "replica"),
+        timeout=60,
+        what="replication lag 0",
+    )
     for name, address in NODES.items():
         status = requests.get(f"http://{address}:8008/patroni", timeout=5).json()
         assert status["state"] == "running" and status["patroni"]["name"] == name
@@ -63,8 +66,9 @@ def test_patronictl_list_on_a_node(deployed: Deployed) -> None:
 
 def test_admin_role_created_on_the_leader(deployed: Deployed) -> None:
     with deployed.connect(PRIMARY) as conn:
-        row = conn.execute("SELECT rolcreaterole, rolcreatedb, rolcanlogin FROM pg_roles "
-                           "WHERE rolname = 'admin'").fetchone()
+        row = conn.execute(
+            "SELECT rolcreaterole, rolcreatedb, rolcanlogin FROM pg_roles WHERE rolname = 'admin'"
+        ).fetchone()
     assert row == (True, True, True)
 
 
@@ -102,16 +106,51 @@ def test_second_up_and_preview_change_nothing_and_open_no_ssh(deployed: Deployed
     print(f"\nno-change pulumi preview: {preview_seconds:.1f}s; first up: {deployed.up_seconds:.1f}s")
 
 
+def test_refresh_shows_drift_and_up_repairs_it(deployed: Deployed) -> None:
+    lab = deployed.lab
+    etcdctl = "ETCDCTL_API=3 etcdctl --endpoints=http://10.77.0.11:2379"
+    lab.ssh("pg3", "sudo systemctl stop patroni")
+    lab.ssh("pg4", "echo '# edited by hand' | sudo tee -a /etc/haproxy/haproxy.cfg >/dev/null")
+    member = next(
+        line.split(",")[0]
+        for line in lab.ssh("pg1", f"{etcdctl} member list").stdout.splitlines()
+        if ", pg2," in line
+    )
+    lab.ssh("pg1", f"{etcdctl} member remove {member}")
+
+    deployed.cli.run("refresh", "--yes", "--skip-preview", "--stack", "lab")
+    preview = json.loads(deployed.cli.run("preview", "--json", "--stack", "lab").stdout)
+    updates = {s["urn"].rsplit("::", 1)[-1] for s in preview["steps"] if s["op"] == "update"}
+    assert {"pgha-lab-node-pg3", "pgha-lab-haproxy-pg4", "pgha-lab-etcd-pg2"} <= updates, updates
+
+    deployed.cli.run("up", "--yes", "--skip-preview", "--stack", "lab")
+    assert lab.ssh("pg3", "systemctl is-active patroni").stdout.strip() == "active"
+    wait_until(
+        lambda: any(m["name"] == "pg3" and m["state"] == "streaming" for m in cluster_view()["members"]),
+        timeout=90,
+        what="pg3 streaming again",
+    )
+    assert "edited by hand" not in lab.ssh("pg4", "cat /etc/haproxy/haproxy.cfg").stdout
+    members = lab.ssh("pg1", f"{etcdctl} member list").stdout
+    assert ", pg2," in members and "true" not in members.split(", pg2,")[1].split("\n")[0].split(",")[-1]
+    assert requests.get("http://10.77.0.12:2379/health", timeout=5).json()["health"] == "true"
+    deployed.cli.run("preview", "--stack", "lab", "--expect-no-changes")
+
+
 def test_destroy_removes_dcs_keys_then_everything(deployed: Deployed) -> None:
     state = json.loads(deployed.cli.run("stack", "export", "--stack", "lab").stdout)
-    cluster_urn = next(r["urn"] for r in state["deployment"]["resources"]
-                       if r["type"].endswith("pgha:PatroniCluster"))
+    cluster_urn = next(
+        r["urn"] for r in state["deployment"]["resources"] if r["type"].endswith("pgha:PatroniCluster")
+    )
     # Everything that depends on the cluster's DCS entry goes first, etcd stays.
-    deployed.cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab",
-                     "--target", cluster_urn, "--target-dependents")
+    deployed.cli.run(
+        "destroy", "--yes", "--skip-preview", "--stack", "lab", "--target", cluster_urn, "--target-dependents"
+    )
     count = deployed.lab.ssh(
-        "pg1", "ETCDCTL_API=3 etcdctl --endpoints=http://10.77.0.11:2379 get --prefix --keys-only "
-               "/service/pgha-lab/ | grep -c . || true").stdout.strip()
+        "pg1",
+        "ETCDCTL_API=3 etcdctl --endpoints=http://10.77.0.11:2379 get --prefix --keys-only "
+        "/service/pgha-lab/ | grep -c . || true",
+    ).stdout.strip()
     assert count == "0", f"DCS keys left under /service/pgha-lab/: {count}"
     for name in NODES:
         assert deployed.lab.ssh(name, "systemctl is-active patroni", check=False).stdout.strip() != "active"
@@ -120,6 +159,7 @@ def test_destroy_removes_dcs_keys_then_everything(deployed: Deployed) -> None:
     deployed.cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab")
     for name in NODES:
         assert deployed.lab.ssh(name, "systemctl is-active etcd", check=False).stdout.strip() != "active"
-        data = deployed.lab.ssh(name, "sudo test -s /var/lib/postgresql/15/pgha-lab/PG_VERSION && echo kept",
-                                check=False).stdout.strip()
+        data = deployed.lab.ssh(
+            name, "sudo test -s /var/lib/postgresql/15/pgha-lab/PG_VERSION && echo kept", check=False
+        ).stdout.strip()
         assert data == "kept", f"{name}: the data directory must be kept by default"

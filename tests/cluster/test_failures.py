@@ -236,6 +236,53 @@ BAD_CONFIGS: list[tuple[str, Any, str]] = [
         lambda c: [h.update(roles=["patroni"]) for h in c["hosts"] if h["name"] in ("pg2", "pg3")],
         "pgha:hosts: removing 2 of 3 etcd members",
     ),
+    ("duplicate host name", lambda c: c["hosts"][1].update(name="pg1"), "pgha:hosts[1].name"),
+    ("invalid IPv4 address", lambda c: c["hosts"][2].update(address="10.77.0.300"), "pgha:hosts[2].address"),
+    ("IPv6 address", lambda c: c["hosts"][0].update(address="fd00::11"), "pgha:hosts[0].address"),
+    ("unknown role", lambda c: c["hosts"][3].update(roles=["loadbalancer"]), "pgha:hosts[3].roles[0]"),
+    ("unknown top-level key", lambda c: c.update(scop="x"), "pgha:scop"),
+    ("port out of range", lambda c: c.update(etcd={"clientPort": 70000}), "pgha:etcd.clientPort"),
+    ("ttl too small", lambda c: c.update(dcs={"ttl": 10}), "pgha:dcs.ttl"),
+    ("trust in pg_hba", lambda c: c.update(pgHba=["host all all 0.0.0.0/0 trust"]), "pgha:pgHba[0]"),
+    (
+        "bad enum parameter",
+        lambda c: c["postgresql"]["parameters"].update(wal_level="verbose"),
+        "pgha:postgresql.parameters.wal_level",
+    ),
+    (
+        "bad boolean parameter",
+        lambda c: c["postgresql"]["parameters"].update(hot_standby="maybe"),
+        "pgha:postgresql.parameters.hot_standby",
+    ),
+    (
+        "managed parameter",
+        lambda c: c["postgresql"]["parameters"].update(port=5433),
+        "pgha:postgresql.parameters.port",
+    ),
+    (
+        "unknown role option",
+        lambda c: c["roles"][0].update(options=["SUPERPOWERS"]),
+        "pgha:roles[0].options[0]",
+    ),
+    (
+        "duplicate database role",
+        lambda c: c.update(roles=[c["roles"][0], dict(c["roles"][0])]),
+        "pgha:roles[1].name",
+    ),
+    ("role named like Patroni's", lambda c: c.update(roles=[{"name": "replicator"}]), "pgha:roles[0].name"),
+    (
+        "wheelhouse without a path",
+        lambda c: c.update(patroni={"install": {"method": "wheelhouse"}}),
+        "pgha:patroni.install.wheelhouse",
+    ),
+    ("unknown restart policy", lambda c: c.update(restartPolicy="sometimes"), "pgha:restartPolicy"),
+    (
+        "leader tagged nofailover",
+        lambda c: (c.update(leader="pg2"), c["hosts"][1].update(tags={"nofailover": True})),
+        "pgha:leader",
+    ),
+    ("no Patroni host", lambda c: [h.update(roles=["etcd"]) for h in c["hosts"][:3]], "pgha:hosts"),
+    ("secret given in plaintext", lambda c: c.update(superuserPassword="hunter2"), "pgha:superuserPassword"),
 ]
 
 
@@ -348,23 +395,35 @@ def test_isolated_leader_stops_accepting_writes_never_two_primaries(failures: Fa
     writable_samples: list[set[str]] = []
     stop = threading.Event()
 
+    sampler_errors: list[str] = []
+
     def sample() -> None:
         while not stop.is_set():
             writable = set()
-            for name in NODES:
-                res = node_sql(
-                    failures.lab,
-                    name,
-                    "INSERT INTO pgha_load (id) VALUES (-1 * (extract(epoch "
-                    "FROM clock_timestamp()) * 1000000)::bigint) RETURNING 1",
-                )
-                if res.returncode == 0 and res.stdout.strip().startswith("1"):
-                    writable.add(name)
+            try:
+                for name in NODES:
+                    res = node_sql(
+                        failures.lab,
+                        name,
+                        "INSERT INTO pgha_load (id) VALUES ((-1 * extract(epoch FROM clock_timestamp()) "
+                        "* 1000000)::bigint) RETURNING 1",
+                    )
+                    if res.returncode == 0 and res.stdout.strip().startswith("1"):
+                        writable.add(name)
+            except Exception as err:  # noqa: BLE001 - reported by the assertion below
+                sampler_errors.append(repr(err))
+                time.sleep(0.3)
+                continue
             writable_samples.append(writable)
             time.sleep(0.3)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    wait_until(
+        lambda: any(leader in w for w in writable_samples),
+        timeout=30,
+        what=f"a sample with {leader} writable before the cut",
+    )
     failures.load.reset_counters()
     failures.lab.isolate(leader)
     try:
@@ -379,15 +438,18 @@ def test_isolated_leader_stops_accepting_writes_never_two_primaries(failures: Fa
             timeout=60,
             what=f"{leader} demoted while cut off",
         )
-        time.sleep(3)
+        wait_until(
+            lambda: any(new_leader in w for w in writable_samples[-5:]),
+            timeout=90,
+            what=f"{new_leader} accepting writes",
+        )
     finally:
         failures.lab.heal(leader)
     stop.set()
     sampler.join(timeout=30)
-    assert writable_samples and all(len(s) <= 1 for s in writable_samples), [
-        s for s in writable_samples if len(s) > 1
-    ]
-    assert any(leader in s for s in writable_samples[:3]) and any(new_leader in s for s in writable_samples)
+    assert writable_samples, f"the sampler saw nothing: {sampler_errors[:3]}"
+    assert all(len(s) <= 1 for s in writable_samples), [s for s in writable_samples if len(s) > 1]
+    assert any(leader in s for s in writable_samples) and any(new_leader in s for s in writable_samples)
     wait_until(
         lambda: cluster_from(others).get(leader, {}).get("state") == "streaming",
         timeout=180,
