@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import threading
 import time
@@ -357,7 +358,12 @@ def test_etcd_quorum_loss_makes_the_leader_read_only_then_recovers(failures: Fai
 # --- the leader -----------------------------------------------------------------------
 
 
-def test_leader_crash_loses_no_acknowledged_commit(failures: Failures) -> None:
+# Soak: PGHA_SOAK_CYCLES=N crashes the leader N times in a row (CI runs one cycle).
+SOAK_CYCLES = int(os.environ.get("PGHA_SOAK_CYCLES", "1"))
+
+
+@pytest.mark.parametrize("cycle", range(SOAK_CYCLES))
+def test_leader_crash_loses_no_acknowledged_commit(failures: Failures, cycle: int) -> None:
     # With synchronous_mode only the synchronous standby may take over: crash once there is one.
     wait_until(sync_ready, timeout=120, what="a leader and a streaming synchronous standby")
     leader = leader_of(list(NODES))
@@ -375,7 +381,8 @@ def test_leader_crash_loses_no_acknowledged_commit(failures: Failures) -> None:
     wait_until(lambda: failures.load.windows, timeout=60, what="writes flowing again through HAProxy")
     window = failures.load.longest_window()
     print(
-        f"\nleader crash: {leader} -> {new_leader} elected after {elected_after:.1f}s; write "
+        f"\nleader crash {cycle + 1}/{SOAK_CYCLES}: {leader} -> {new_leader} "
+        f"elected after {elected_after:.1f}s; write "
         f"unavailability through HAProxy {window:.1f}s (ttl 30 + HAProxy checks 2 x 0.5s predicts <= 31s)"
     )
     assert window < 30 + 10 + 5
