@@ -23,6 +23,7 @@ from components.transport.rest import PatroniApi, RestError
 from components.transport.ssh import Ssh, SshError, SshTarget, wait_for
 
 TOGGLES = ("SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS")
+# A standby leader (of a standby cluster) is read-only: SQL runs on a primary only.
 LEADER_ROLES = ("leader", "primary", "master")
 
 

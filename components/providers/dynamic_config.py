@@ -19,10 +19,9 @@ from typing import Any
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
 from components.providers.base import HostProvider, public
-from components.transport.rest import EtcdGateway, PatroniApi, RestError, first_healthy
+from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
 from components.transport.ssh import SshError, wait_for
 
-LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
 TOP_LEVEL = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "synchronous_mode")
 PG_LEVEL = ("use_pg_rewind", "use_slots")
 

@@ -15,8 +15,8 @@ from typing import Any
 from pulumi.dynamic import CreateResult, UpdateResult
 
 from components.providers.base import HostProvider, public
-from components.providers.dynamic_config import LEADER_ROLES, Cluster, switch_leader
-from components.transport.rest import EtcdGateway, RestError, first_healthy
+from components.providers.dynamic_config import Cluster, switch_leader
+from components.transport.rest import LEADER_ROLES, EtcdGateway, RestError, first_healthy
 from components.transport.ssh import SshError, wait_for
 
 

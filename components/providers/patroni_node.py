@@ -19,10 +19,8 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 from components import render
 from components.providers.base import HostProvider, public
 from components.providers.patroni_cluster import pgha_prefix
-from components.transport.rest import EtcdGateway, PatroniApi, RestError, first_healthy
+from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
 from components.transport.ssh import Ssh, SshError, wait_for
-
-LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
 
 
 def api(props: dict[str, Any]) -> PatroniApi:

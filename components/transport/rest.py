@@ -8,6 +8,8 @@ from typing import Any
 import requests
 
 TIMEOUT = (3.0, 10.0)
+# Roles under which Patroni reports the member holding the leader key.
+LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
 
 
 class RestError(RuntimeError):
