@@ -117,23 +117,26 @@ class ProjectCopy:
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.cli.run(*args, "--stack", self.stack, check=check)
 
-    def preview_steps(self) -> list[dict[str, Any]]:
-        """What a reviewer reads in `pulumi preview --diff`, as (op, resource name, changed keys)."""
+    def preview_changes(self) -> dict[str, dict[str, list[str]]]:
+        """What a reviewer reads in `pulumi preview --diff`: {op: {resource name: changed keys}}.
+
+        Dynamic providers report no detailed diff, so an update's keys are the inputs
+        whose old and new values differ (what the CLI shows).
+        """
         out = json.loads(self.run("preview", "--json").stdout)
-        steps = []
+        changes: dict[str, dict[str, list[str]]] = {}
         for step in out.get("steps", []):
             if step["op"] == "same":
                 continue
-            name = step["urn"].rsplit("::", 1)[-1]
-            old = (step.get("oldState") or {}).get("inputs") or {}
-            new = (step.get("newState") or {}).get("inputs") or {}
-            keys = sorted({re.split(r"[.\[]", k)[0] for k in (step.get("detailedDiff") or {})}
-                          | set(step.get("diffReasons") or [])
-                          | {k for k in set(old) | set(new)
-                             if not k.startswith("__") and old.get(k) != new.get(k)} if step["op"] == "update"
-                          else set())
-            steps.append({"op": step["op"], "name": name, "keys": keys})
-        return steps
+            keys: set[str] = set()
+            if step["op"] == "update":
+                old = (step.get("oldState") or {}).get("inputs") or {}
+                new = (step.get("newState") or {}).get("inputs") or {}
+                keys = {k for k in set(old) | set(new) if not k.startswith("__") and old.get(k) != new.get(k)}
+                keys |= {re.split(r"[.\[]", k)[0] for k in step.get("detailedDiff") or {}}
+                keys |= set(step.get("diffReasons") or [])
+            changes.setdefault(step["op"], {})[step["urn"].rsplit("::", 1)[-1]] = sorted(keys)
+        return changes
 
 
 def host(name: str, roles: list[str]) -> dict[str, Any]:

@@ -39,13 +39,13 @@ class Scenario:
     load: WriteLoad
     hosts: list[dict[str, Any]]
 
-    def apply(self, hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Write the new host list, return the preview's steps, then `pulumi up`."""
+    def apply(self, hosts: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+        """Write the new host list, return the preview's changes by op, then `pulumi up`."""
         self.hosts = hosts
         config = copy.deepcopy(self.project.base_config)
         config["hosts"] = hosts
         self.project.write_config(config)
-        steps = self.project.preview_steps()
+        steps = self.project.preview_changes()
         self.project.run("up", "--yes", "--skip-preview")
         return steps
 
@@ -84,13 +84,6 @@ def haproxy_servers() -> dict[str, dict[str, str]]:
     return backend_status("10.77.0.14", 7000)
 
 
-def by_op(steps: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
-    out: dict[str, dict[str, list[str]]] = {}
-    for step in steps:
-        out.setdefault(step["op"], {})[step["name"]] = step["keys"]
-    return out
-
-
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[Scenario]:
     lab = Lab.up(7)
@@ -116,7 +109,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
 
 def test_add_a_replica(scenario: Scenario) -> None:
     scenario.load.reset_counters()
-    steps = by_op(scenario.apply([*scenario.hosts, host("pg5", ["patroni"])]))
+    steps = scenario.apply([*scenario.hosts, host("pg5", ["patroni"])])
     assert set(steps.get("create", {})) == {"pgha-lab-install-pg5", "pgha-lab-node-pg5"}, steps
     assert steps.get("update") == {
         "pgha-lab-cluster": ["members"],
@@ -134,7 +127,7 @@ def test_add_a_replica(scenario: Scenario) -> None:
 
 def test_remove_a_replica(scenario: Scenario) -> None:
     scenario.load.reset_counters()
-    steps = by_op(scenario.apply([h for h in scenario.hosts if h["name"] != "pg5"]))
+    steps = scenario.apply([h for h in scenario.hosts if h["name"] != "pg5"])
     assert set(steps.get("delete", {})) == {"pgha-lab-install-pg5", "pgha-lab-node-pg5"}, steps
     assert steps.get("update") == {
         "pgha-lab-cluster": ["members"],
@@ -152,7 +145,7 @@ def test_remove_the_current_leader(scenario: Scenario) -> None:
     scenario.load.reset_counters()
     # The leader's host keeps its etcd member; only its Patroni node goes.
     hosts = [dict(h, roles=["etcd"]) if h["name"] == leader else h for h in scenario.hosts]
-    steps = by_op(scenario.apply(hosts))
+    steps = scenario.apply(hosts)
     assert set(steps.get("delete", {})) == {f"pgha-lab-install-{leader}", f"pgha-lab-node-{leader}"}, steps
     remaining = {"pg1", "pg2", "pg3"} - {leader}
     wait_until(lambda: settled(remaining), timeout=60, what="two members after the leader left")
@@ -172,7 +165,7 @@ def test_remove_the_current_leader(scenario: Scenario) -> None:
 
 def test_etcd_three_to_five_to_three(scenario: Scenario) -> None:
     scenario.load.reset_counters()
-    steps = by_op(scenario.apply([*scenario.hosts, host("pg6", ["etcd"]), host("pg7", ["etcd"])]))
+    steps = scenario.apply([*scenario.hosts, host("pg6", ["etcd"]), host("pg7", ["etcd"])])
     assert set(steps.get("create", {})) == {"pgha-lab-etcd-pg6", "pgha-lab-etcd-pg7"}, steps
     assert set(steps.get("update", {})) == {"pgha-lab-node-pg1", "pgha-lab-node-pg2", "pgha-lab-node-pg3",
                                             "pgha-lab-cluster", "pgha-lab-etcd-membership"}, steps
@@ -181,7 +174,7 @@ def test_etcd_three_to_five_to_three(scenario: Scenario) -> None:
     assert sorted(m["name"] for m in members) == ["pg1", "pg2", "pg3", "pg6", "pg7"]
     assert not any(m.get("isLearner") for m in members), members
 
-    steps = by_op(scenario.apply([h for h in scenario.hosts if h["name"] not in ("pg6", "pg7")]))
+    steps = scenario.apply([h for h in scenario.hosts if h["name"] not in ("pg6", "pg7")])
     assert set(steps.get("delete", {})) == {"pgha-lab-etcd-pg6", "pgha-lab-etcd-pg7"}, steps
     assert sorted(m["name"] for m in etcd_members()) == ["pg1", "pg2", "pg3"]
     wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=60, what="Patroni unaffected")

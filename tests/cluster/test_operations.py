@@ -40,9 +40,7 @@ class Ops:
         edit(config)
         self.config = config
         self.project.write_config(config)
-        steps: dict[str, dict[str, list[str]]] = {}
-        for step in self.project.preview_steps():
-            steps.setdefault(step["op"], {})[step["name"]] = step["keys"]
+        steps = self.project.preview_changes()
         self.project.run("up", "--yes", "--skip-preview")
         return steps
 
