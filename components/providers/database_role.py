@@ -23,8 +23,9 @@ from components.transport.rest import PatroniApi, RestError
 from components.transport.ssh import Ssh, SshError, SshTarget, wait_for
 
 TOGGLES = ("SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS")
-# A standby leader (of a standby cluster) is read-only: SQL runs on a primary only.
-LEADER_ROLES = ("leader", "primary", "master")
+# A standby leader (of a standby cluster) is read-only: SQL runs on a primary only,
+# so this is narrower than the REST client's LEADER_ROLES.
+WRITABLE_ROLES = ("leader", "primary", "master")
 
 
 def saslprep(password: str) -> str:
@@ -85,11 +86,11 @@ class DatabaseRoleProvider(HostProvider):
                     status = PatroniApi(host["api_url"]).patroni()
                 except RestError:
                     continue
-                if status.get("role") in LEADER_ROLES:
+                if status.get("role") in WRITABLE_ROLES:
                     return host
                 leader = (PatroniApi(host["api_url"]).cluster().get("members") or [])
                 for member in leader:
-                    if member.get("role") in LEADER_ROLES and member["name"] != name:
+                    if member.get("role") in WRITABLE_ROLES and member["name"] != name:
                         # A leader added after this role's last update: reach it with the defaults.
                         default = {**props["default_connection"], "host": member["host"]}
                         return props["nodes"].get(member["name"]) or {"connection": default}

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from components import render
+from components.handover import plan_handover
 from components.providers.base import HostProvider, public
 from components.providers.patroni_cluster import pgha_prefix
 from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
@@ -44,11 +45,6 @@ def _journal(ssh: Ssh) -> str:
     out = ssh.run("journalctl -u patroni -n 15 --no-pager -o cat", step="read patroni's journal",
                   check=False)
     return out.stdout.strip()[-2000:]
-
-
-def _leads(node: PatroniApi, name: str) -> bool:
-    return any(m.get("name") == name and m.get("role") in LEADER_ROLES
-               for m in node.cluster().get("members", []))
 
 
 def _member_key(props: dict[str, Any]) -> str:
@@ -191,36 +187,31 @@ class PatroniNodeProvider(HostProvider):
 
     def _step_down_if_leader(self, node: PatroniApi, props: dict[str, Any],
                              gateway: EtcdGateway | None) -> None:
-        """Hand the leader role to a healthy replica that is staying, before stopping."""
+        """Hand the leader role to a healthy replica that is staying, before stopping.
+
+        Looks again after every wait or failed switchover: in a destroy the other
+        members announce their departure at about the same moment, so a first
+        look can pick a target that is about to stop.
+        """
+        prefix = f"{pgha_prefix(props['scope'])}leaving/"
         deadline = time.monotonic() + 180
+        last = ""
         while time.monotonic() < deadline:
-            members = node.cluster().get("members", [])
-            me = next((m for m in members if m.get("name") == props["name"]), None)
-            if me is None or me.get("role") not in LEADER_ROLES:
-                return
-            others = [m for m in members if m.get("name") != props["name"]]
-            if not others:
-                return  # the last member: nothing to hand over to
-            going = set()
+            leaving = set()
             if gateway is not None:
-                going = {k.rsplit("/", 1)[-1]
-                         for k in gateway.keys_with_prefix(f"{pgha_prefix(props['scope'])}leaving/")}
-            staying = [m for m in others if m.get("name") not in going]
-            if not staying:
-                time.sleep(2)  # they are all being removed too: let them stop first
-                continue
-            candidates = [m for m in staying if m.get("state") in ("streaming", "running")
-                          and not (m.get("tags") or {}).get("nofailover")]
-            if not candidates:
-                raise SshError(props["address"], "switch over before removing the leader",
-                               "no healthy replica that stays in the cluster to hand the leader role to")
-            target = min(candidates, key=lambda m: m["lag"] if isinstance(m.get("lag"), int) else 0)["name"]
-            resp = node.switchover(props["name"], target)
-            if resp.status_code not in (200, 202):
-                raise SshError(props["address"], "switch over before removing the leader",
-                               f"POST /switchover to {target}: HTTP {resp.status_code} {resp.text[:200]}")
-            wait_for(lambda name=target: _leads(node, name), timeout=120, interval=1,
-                     what=f"{target} leading", host=props["address"])
-            return
+                leaving = {k.rsplit("/", 1)[-1] for k in gateway.keys_with_prefix(prefix)}
+            step = plan_handover(props["name"], node.cluster().get("members", []), leaving)
+            if step.action == "stop":
+                return
+            if step.action == "switchover":
+                resp = node.switchover(props["name"], step.target)
+                if resp.status_code in (200, 202):
+                    last = f"switched over to {step.target}"
+                    time.sleep(1)
+                    continue  # the next look confirms the role moved
+                last = f"POST /switchover to {step.target}: HTTP {resp.status_code} {resp.text[:200]}"
+            else:
+                last = step.reason
+            time.sleep(2)
         raise SshError(props["address"], "switch over before removing the leader",
-                       "the other members did not leave within 180s")
+                       f"still the leader after 180s; last: {last}")
