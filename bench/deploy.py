@@ -47,6 +47,13 @@ def cluster_config(config: dict[str, Any]) -> ClusterConfig:
     return load_cluster_config(copy.deepcopy(config), set())
 
 
+def _plaintext(value: Any) -> str:
+    """A secret from `stack export --show-secrets`: an envelope whose plaintext is JSON."""
+    if isinstance(value, dict) and "plaintext" in value:
+        return str(json.loads(value["plaintext"]))
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Which lab hosts boot and which of them the stack names, with which roles."""
@@ -147,7 +154,7 @@ class Deployment:
         if purpose not in self._secrets:
             for res in self.export(show_secrets=True)["deployment"]["resources"]:
                 if res["type"].endswith("pgha:GeneratedPassword") and res.get("id") == f"password/{purpose}":
-                    self._secrets[purpose] = res["outputs"]["value"]
+                    self._secrets[purpose] = _plaintext(res["outputs"]["value"])
                     break
             else:
                 raise RuntimeError(f"no GeneratedPassword password/{purpose} in the stack state")

@@ -96,7 +96,7 @@ class DatabaseRoleProvider(HostProvider):
                         return props["nodes"].get(member["name"]) or {"connection": default}
             return None
 
-        return wait_for(find, timeout=120, interval=2, what="a Patroni leader to run SQL on",
+        return wait_for(find, timeout=120, interval=1, what="a Patroni leader to run SQL on",
                         host=props["scope"])
 
     def _psql(self, props: dict[str, Any], sql: str, step: str) -> str:

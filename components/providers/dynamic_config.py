@@ -50,6 +50,20 @@ def managed_view(live: dict[str, Any], managed: dict[str, Any]) -> dict[str, Any
     return view
 
 
+def needs_patch(live: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether PATCH /config would change anything: a new cluster is seeded with the same
+    settings by bootstrap.dcs, and then neither the PATCH nor the wait for it is needed."""
+    if managed_view(live, new) != new:
+        return True
+    old = old or {}
+    if any(k in live for k in TOP_LEVEL if k in old and k not in new):
+        return True
+    live_params = (live.get("postgresql") or {}).get("parameters") or {}
+    new_params = new.get("postgresql", {}).get("parameters", {})
+    return any(k in live_params and k not in new_params
+               for k in old.get("postgresql", {}).get("parameters", {}))
+
+
 class Cluster:
     """The members as the DCS lists them, and their REST APIs."""
 
@@ -145,11 +159,12 @@ class DynamicConfigProvider(HostProvider):
     def _apply(self, old: dict[str, Any] | None, props: dict[str, Any]) -> dict[str, Any]:
         cluster = Cluster(props)
         api = cluster.api()
-        resp = api.patch_config(config_patch(old, props["dcs"]))
-        if resp.status_code != 200:
-            raise SshError(props["scope"], "PATCH /config", f"HTTP {resp.status_code} {resp.text[:300]}")
-        # Every node applies the change in its next HA loop.
-        time.sleep(min(int(props["dcs"].get("loop_wait", 10)), 10) + 2)
+        if needs_patch(api.config(), old, props["dcs"]):
+            resp = api.patch_config(config_patch(old, props["dcs"]))
+            if resp.status_code != 200:
+                raise SshError(props["scope"], "PATCH /config", f"HTTP {resp.status_code} {resp.text[:300]}")
+            # Every node applies the change in its next HA loop.
+            time.sleep(min(int(props["dcs"].get("loop_wait", 10)), 10) + 2)
         restarted: list[str] = []
         if props.get("restart_policy", "rolling") == "rolling":
             wait_for(lambda: all(m.get("state") in ("running", "streaming") for m in cluster.members()),

@@ -78,7 +78,7 @@ class EtcdMemberProvider(HostProvider):
             ssh.run(f"d={shlex.quote(props['data_dir'])}; if [ -d \"$d\" ]; then "
                     f"systemctl stop etcd; mv \"$d\" \"$d.stale-$(date +%s)\"; fi",
                     step="set aside a stale etcd data dir")
-            added = wait_for(lambda: self._try_add(cluster, peer), timeout=90, interval=2,
+            added = wait_for(lambda: self._try_add(cluster, peer), timeout=90, interval=1,
                              what="etcd accepting the new member", host=props["address"])
             me = added["member"]
             members = added.get("members", [*members, me])
@@ -113,7 +113,7 @@ class EtcdMemberProvider(HostProvider):
 
     def _wait_healthy(self, props: dict[str, Any], timeout: float = 180.0) -> None:
         me = EtcdGateway(_my_client(props))
-        wait_for(me.healthy, timeout=timeout, what="etcd member healthy", host=props["address"])
+        wait_for(me.healthy, timeout=timeout, interval=0.5, what="etcd member healthy", host=props["address"])
 
     def _promote(self, props: dict[str, Any], member: dict[str, Any]) -> None:
         """Promote a learner once etcd says it has caught up with the leader.
@@ -138,7 +138,7 @@ class EtcdMemberProvider(HostProvider):
                 return False
             return True
 
-        wait_for(voting, timeout=120, interval=2, what="etcd learner promoted", host=props["address"])
+        wait_for(voting, timeout=120, interval=1, what="etcd learner promoted", host=props["address"])
 
     def _wait_started(self, ssh: Ssh, props: dict[str, Any]) -> None:
         """A founding member cannot be healthy before a quorum of its peers has started,

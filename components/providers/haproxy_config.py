@@ -11,7 +11,6 @@ import csv
 import io
 from typing import Any, ClassVar
 
-import requests
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from components import render
@@ -24,6 +23,8 @@ ORIGINAL = "/etc/haproxy/haproxy.cfg.pgha-orig"
 
 def backend_status(address: str, stats_port: int) -> dict[str, dict[str, str]]:
     """{proxy: {server: status}} from HAProxy's CSV stats page."""
+    import requests  # on use: see transport/rest.py
+
     resp = requests.get(f"http://{address}:{stats_port}/;csv", timeout=(3, 5))
     resp.raise_for_status()
     rows = csv.DictReader(io.StringIO(resp.text.lstrip("# ")))
@@ -68,7 +69,7 @@ class HAProxyConfigProvider(HostProvider):
 
     def _wait_primary(self, props: dict[str, Any]) -> list[str]:
         return wait_for(lambda: (lambda up: up if len(up) == 1 else None)(primaries_up(props)),
-                        timeout=120, interval=1, what="HAProxy's checks seeing exactly one primary",
+                        timeout=120, interval=0.5, what="HAProxy's checks seeing exactly one primary",
                         host=props["connection"]["host"])
 
     def _outs(self, props: dict[str, Any], primary: list[str]) -> dict[str, Any]:

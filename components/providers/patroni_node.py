@@ -68,7 +68,7 @@ class PatroniNodeProvider(HostProvider):
     def _wait_ready(self, ssh: Ssh, props: dict[str, Any], timeout: float) -> dict[str, Any]:
         node = api(props)
         try:
-            return wait_for(lambda: ready_status(node), timeout=timeout, interval=2,
+            return wait_for(lambda: ready_status(node), timeout=timeout, interval=0.5,
                             what="Patroni running as leader or streaming replica",
                             host=props["address"])
         except SshError as err:
@@ -98,7 +98,7 @@ class PatroniNodeProvider(HostProvider):
         leader = self._existing_leader(props)
         if leader is None and props.get("bootstrap_leader"):
             return  # this node founds the cluster
-        host, port = leader or wait_for(lambda: self._existing_leader(props), timeout=600, interval=2,
+        host, port = leader or wait_for(lambda: self._existing_leader(props), timeout=600, interval=0.5,
                                         what="a cluster leader to replicate from", host=props["address"])
         psql = (f"{shlex.quote(props['bin_dir'])}/psql -X -At -c 'IDENTIFY_SYSTEM' "
                 f"'host={host} port={port} user={props['users']['replication']} "
@@ -114,7 +114,7 @@ class PatroniNodeProvider(HostProvider):
                 return False  # not yet: the leader's pg_hba is being updated in this same `up`
             raise SshError(props["address"], "test replication access to the leader", result.stderr.strip())
 
-        wait_for(admitted, timeout=300, interval=2, what=f"the leader {host} admitting replication",
+        wait_for(admitted, timeout=300, interval=1, what=f"the leader {host} admitting replication",
                  host=props["address"])
 
     def create(self, props: dict[str, Any]) -> CreateResult:

@@ -1,11 +1,16 @@
-"""REST clients: etcd's v3 JSON gateway and Patroni's REST API (requests)."""
+"""REST clients: etcd's v3 JSON gateway and Patroni's REST API (requests).
+
+requests is imported on the first call, not with this module: a preview
+imports every provider but calls no API (see transport/ssh.py).
+"""
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 TIMEOUT = (3.0, 10.0)
 # Roles under which Patroni reports the member holding the leader key.
@@ -14,6 +19,15 @@ LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
 
 class RestError(RuntimeError):
     pass
+
+
+def _request(method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
+    import requests
+
+    try:
+        return requests.request(method, url, **kwargs)
+    except requests.RequestException as err:
+        raise RestError(f"{what}: {err}") from err
 
 
 def _b64(text: str) -> str:
@@ -35,10 +49,8 @@ class EtcdGateway:
         self.timeout = timeout
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            resp = requests.post(f"{self.endpoint}{path}", json=body, timeout=self.timeout)
-        except requests.RequestException as err:
-            raise RestError(f"etcd {self.endpoint}{path}: {err}") from err
+        resp = _request("POST", f"{self.endpoint}{path}", f"etcd {self.endpoint}{path}", json=body,
+                        timeout=self.timeout)
         if resp.status_code != 200:
             raise RestError(f"etcd {self.endpoint}{path}: HTTP {resp.status_code}: {resp.text[:300]}")
         return resp.json()
@@ -46,9 +58,9 @@ class EtcdGateway:
     def healthy(self) -> bool:
         """True when this member answers and the cluster has a leader (quorum)."""
         try:
-            resp = requests.get(f"{self.endpoint}/health", timeout=self.timeout)
+            resp = _request("GET", f"{self.endpoint}/health", f"etcd {self.endpoint}", timeout=self.timeout)
             return resp.status_code == 200 and resp.json().get("health") in ("true", True)
-        except (requests.RequestException, ValueError):
+        except (RestError, ValueError):
             return False
 
     def members(self) -> list[dict[str, Any]]:
@@ -109,10 +121,8 @@ class PatroniApi:
         self.timeout = timeout
 
     def _get(self, path: str) -> requests.Response:
-        try:
-            return requests.get(f"{self.base_url}{path}", timeout=self.timeout)
-        except requests.RequestException as err:
-            raise RestError(f"patroni {self.base_url}{path}: {err}") from err
+        return _request("GET", f"{self.base_url}{path}", f"patroni {self.base_url}{path}",
+                        timeout=self.timeout)
 
     def _json(self, path: str) -> dict[str, Any]:
         resp = self._get(path)
@@ -132,11 +142,8 @@ class PatroniApi:
 
     def _unsafe(self, method: str, path: str, body: dict[str, Any] | None = None,
                 timeout: tuple[float, float] | None = None) -> requests.Response:
-        try:
-            return requests.request(method, f"{self.base_url}{path}", json=body, auth=self.auth,
-                                    timeout=timeout or self.timeout)
-        except requests.RequestException as err:
-            raise RestError(f"patroni {method} {self.base_url}{path}: {err}") from err
+        return _request(method, f"{self.base_url}{path}", f"patroni {method} {self.base_url}{path}",
+                        json=body, auth=self.auth, timeout=timeout or self.timeout)
 
     def switchover(self, leader: str, candidate: str) -> requests.Response:
         return self._unsafe("POST", "/switchover", {"leader": leader, "candidate": candidate},

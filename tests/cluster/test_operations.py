@@ -114,6 +114,53 @@ def test_restart_parameter_rolls_through_the_cluster(ops: Ops) -> None:
     ops.load.assert_progressing()
 
 
+def test_manual_restart_policy_leaves_the_restart_to_the_operator(ops: Ops) -> None:
+    ops.load.reset_counters()
+
+    def manual(c: dict[str, Any]) -> None:
+        c["restartPolicy"] = "manual"
+        c["postgresql"]["parameters"]["shared_buffers"] = "192MB"
+
+    steps = ops.change(manual)
+    assert list(steps.get("update", {})) == ["pgha-lab-dynamic-config"], steps
+    assert {"dcs", "restart_policy"} <= set(steps["update"]["pgha-lab-dynamic-config"]), steps
+    wait_until(lambda: all(m.get("pending_restart") for m in members().values()), timeout=30,
+               what="every member pending_restart")
+    for name, address in NODES.items():
+        assert ops.show(address, "shared_buffers") == "256MB", f"{name} restarted under restartPolicy: manual"
+    assert ops.load.failures == [], ops.load.failures[:3]
+
+    # Back to rolling: the next up restarts what is pending, the same way as a change would.
+    steps = ops.change(lambda c: c.update(restartPolicy="rolling"))
+    assert steps.get("update") == {"pgha-lab-dynamic-config": ["restart_policy"]}, steps
+    for name, address in NODES.items():
+        assert ops.show(address, "shared_buffers") == "192MB", name
+    assert not any(m.get("pending_restart") for m in members().values()), members()
+    assert len(ops.load.windows) <= 1, f"writes failed more than once: {ops.load.windows}"
+    assert ops.load.missing() == []
+    ops.load.assert_progressing()
+
+
+def test_edit_config_by_hand_is_drift_that_refresh_shows_and_up_undoes(ops: Ops) -> None:
+    """`patronictl edit-config` behind the stack's back: the stack's settings win on the next up."""
+    planned = requests.get("http://10.77.0.11:8008/config", timeout=5).json()
+    ops.lab.ssh("pg2", "sudo patronictl -c /etc/patroni/patroni.yml edit-config --force "
+                       "-s loop_wait=7 -p log_min_duration_statement=999ms >/dev/null")
+    wait_until(lambda: ops.show(NODES["pg1"], "log_min_duration_statement") == "999ms", timeout=30,
+               what="the hand edit applied")
+    ops.project.run("preview", "--expect-no-changes")  # a preview alone reads the state, not the hosts
+    ops.project.run("refresh", "--yes", "--skip-preview")
+    steps = ops.project.preview_changes()
+    assert list(steps.get("update", {})) == ["pgha-lab-dynamic-config"], steps
+    ops.project.run("up", "--yes", "--skip-preview")
+    for name, address in NODES.items():
+        wait_until(lambda a=address: ops.show(a, "log_min_duration_statement") == "250ms", timeout=30,
+                   what=f"log_min_duration_statement back to 250ms on {name}")
+    live = requests.get("http://10.77.0.11:8008/config", timeout=5).json()
+    assert live["loop_wait"] == planned["loop_wait"], live
+    ops.project.run("preview", "--expect-no-changes")
+
+
 def test_noloadbalance_takes_a_node_out_of_the_replica_backend(ops: Ops) -> None:
     replica = next(n for n, m in sorted(members().items()) if m["role"] != "leader")
 
