@@ -25,9 +25,8 @@ import yaml
 
 from bench.timing import log, timed
 from components.config import ClusterConfig, load_cluster_config
-from components.providers.patroni_node import LEADER_ROLES
 from components.specs import RESTAPI_USERNAME
-from components.transport.rest import PatroniApi
+from components.transport.rest import LEADER_ROLES, PatroniApi
 from lab import Lab
 from scripts.lab_stack import link_wheelhouse
 from tests.cluster.conftest import LAB_STACK_FILE, ProjectCopy, host, wait_until

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 from bench.deploy import Deployment, resources_summary, ssh_checked
 from bench.timing import log, timed
 from components.config import ClusterConfig
-from components.providers.patroni_node import LEADER_ROLES
+from components.providers.patroni_install import make_venv, pip_install
+from components.transport.rest import LEADER_ROLES
 from lab import Lab
 from tests.cluster.conftest import wait_until
 from tests.conftest import ROOT, PulumiCli, copy_project
@@ -54,10 +55,11 @@ def as_postgres(cmd: str) -> str:
 
 
 def install_script(wheels: str, venv: str, version: str) -> str:
-    """What PatroniInstall does with a wheelhouse, and nothing else."""
-    return (f"sudo python3 -m venv {venv} && sudo env PIP_CONFIG_FILE=/dev/null {venv}/bin/pip install -q "
-            f"--disable-pip-version-check --no-index --find-links {wheels} "
-            f"{shlex.quote(f'patroni[etcd3]=={version}')} psycopg2-binary")
+    """What PatroniInstall does with a wheelhouse (the same shell), and nothing else."""
+    requirement = shlex.quote(f"patroni[etcd3]=={version}")
+    script = (f"{make_venv(venv)} && export PIP_CONFIG_FILE=/dev/null && "
+              + pip_install(venv, f"--no-index --find-links {wheels} {requirement} psycopg2-binary"))
+    return f"sudo sh -c {shlex.quote(script)}"
 
 
 def initdb_args(initdb: Sequence[Any]) -> list[str]:

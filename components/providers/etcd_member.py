@@ -19,7 +19,7 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from components import render
 from components.providers.base import HostProvider, public
-from components.transport.rest import EtcdGateway, RestError
+from components.transport.rest import EtcdGateway, RestError, etcd_peer_members
 from components.transport.ssh import Ssh, SshError, wait_for
 
 ENV_FILE = "/etc/default/etcd"
@@ -38,9 +38,23 @@ def _my_client(props: dict[str, Any]) -> str:
 
 
 def _other_gateways(props: dict[str, Any]) -> list[EtcdGateway]:
+    """Client gateways of the other configured members that may be serving.
+
+    A member whose peer port does not answer (not started, or still the distro's
+    localhost-only etcd) or that is still founding a cluster (no member has published
+    client URLs) is skipped without asking its client port, which would hang until
+    the request times out: in a first deploy that cost 3-10 s per member.
+    """
     mine = _peer_url(props)
-    return [EtcdGateway(_client_url(peer, props["client_port"]))
-            for peer in props.get("bootstrap_cluster", {}).values() if peer != mine]
+    gateways = []
+    for peer in props.get("bootstrap_cluster", {}).values():
+        if peer == mine:
+            continue
+        members = etcd_peer_members(peer)
+        if members is None or not any(m.get("clientURLs") for m in members):
+            continue
+        gateways.append(EtcdGateway(_client_url(peer, props["client_port"])))
+    return gateways
 
 
 def _find_cluster(props: dict[str, Any], extra_clients: list[str] | None = None) -> EtcdGateway | None:
@@ -169,11 +183,12 @@ class EtcdMemberProvider(HostProvider):
                     self._promote(props, me)
                     self._wait_healthy(props)
         member_id = ""
-        try:
-            member = _member_by_peer(EtcdGateway(_my_client(props)).members(), _peer_url(props)) or {}
-            member_id = member.get("ID", "")
-        except RestError:
-            pass  # a founding member before quorum; PatroniCluster waits for health
+        if state != "new":  # a founding member serves no client request before its quorum
+            try:
+                mine = EtcdGateway(_my_client(props))
+                member_id = (_member_by_peer(mine.members(), _peer_url(props)) or {}).get("ID", "")
+            except RestError:
+                pass
         outs = {**public(props), "member_id": member_id, "running": True,
                 "in_cluster": True, "joined_as": state}
         return CreateResult(id_=f"{props['cluster_token']}/{props['name']}", outs=outs)

@@ -44,23 +44,41 @@ def _installed_version(ssh: Ssh, venv: str) -> str:
     return words[-1] if result.code == 0 and words else ""
 
 
+# Debian's python3-venv ships pip as a wheel, and pip runs from its wheel. A venv made
+# --without-pip and filled by that pip takes 0.1 s instead of ensurepip's 5 s (measured
+# on the lab); other systems fall back to a venv with its own pip.
+_DISTRO_PIP = 'w=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | tail -n 1)'
+
+
+def make_venv(venv: str) -> str:
+    """Shell: a fresh virtualenv at `venv` (removing what was there)."""
+    v = shlex.quote(venv)
+    return (f'{_DISTRO_PIP}; rm -rf {v} && if [ -n "$w" ]; then python3 -m venv --without-pip {v}; '
+            f"else python3 -m venv {v}; fi")
+
+
+def pip_install(venv: str, args: str) -> str:
+    """Shell: `pip install -q <args>` into `venv`, with the distro's pip wheel when there is one."""
+    v = shlex.quote(venv)
+    return (f'{_DISTRO_PIP}; if [ -n "$w" ]; then set -- {v}/bin/python "$w/pip"; '
+            f'else set -- {v}/bin/pip; fi; "$@" install -q --disable-pip-version-check {args}')
+
+
 def _install(ssh: Ssh, props: dict[str, Any]) -> None:
-    venv = shlex.quote(props["venv"])
     requirement = shlex.quote(f"patroni[etcd3]=={props['version']}")
     # Only reached when the wanted version is not installed: a fresh virtualenv also
     # clears what an interrupted earlier install may have left half-done.
-    ssh.run(f"rm -rf {venv} && python3 -m venv {venv}",
-            step="create the Patroni virtualenv (needs python3-venv)")
+    ssh.run(make_venv(props["venv"]), step="create the Patroni virtualenv (needs python3-venv)")
     if props["method"] == "wheelhouse":
         ssh.upload_dir(props["wheelhouse"], REMOTE_WHEELHOUSE, step="upload the Patroni wheelhouse")
-        ssh.run(f"PIP_CONFIG_FILE=/dev/null {venv}/bin/pip install -q --disable-pip-version-check "
-                f"--no-index --find-links {REMOTE_WHEELHOUSE} {requirement} psycopg2-binary",
+        wheels = f"--no-index --find-links {REMOTE_WHEELHOUSE} {requirement} psycopg2-binary"
+        ssh.run("export PIP_CONFIG_FILE=/dev/null; " + pip_install(props["venv"], wheels),
                 step="install Patroni from the wheelhouse", timeout=600)
         return
     index = f"--index-url {shlex.quote(props['index_url'])} " if props.get("index_url") else ""
     # The proxy URL may carry credentials: it travels on stdin, not argv.
-    ssh.run(f'p="$(cat)"; [ -n "$p" ] && export HTTPS_PROXY="$p" HTTP_PROXY="$p"; '
-            f"{venv}/bin/pip install -q --disable-pip-version-check {index}{requirement} psycopg2-binary",
+    ssh.run('p="$(cat)"; [ -n "$p" ] && export HTTPS_PROXY="$p" HTTP_PROXY="$p"; '
+            + pip_install(props["venv"], f"{index}{requirement} psycopg2-binary"),
             step="install Patroni with pip", stdin=props.get("proxy") or "", timeout=900)
 
 

@@ -55,13 +55,35 @@ class EtcdGateway:
             raise RestError(f"etcd {self.endpoint}{path}: HTTP {resp.status_code}: {resp.text[:300]}")
         return resp.json()
 
+    def has_leader(self) -> bool:
+        """Whether this member knows a raft leader. Status is answered locally, so unlike
+        /health (which waits up to its timeout for a quorum read) it never blocks."""
+        try:
+            resp = _request("POST", f"{self.endpoint}/v3/maintenance/status", f"etcd {self.endpoint}",
+                            json={}, timeout=(self.timeout[0], 3.0))
+            return resp.status_code == 200 and str(resp.json().get("leader", "0")) not in ("", "0")
+        except (RestError, ValueError):
+            return False
+
     def healthy(self) -> bool:
         """True when this member answers and the cluster has a leader (quorum)."""
+        if not self.has_leader():
+            return False  # a founding member still waiting for its peers
         try:
             resp = _request("GET", f"{self.endpoint}/health", f"etcd {self.endpoint}", timeout=self.timeout)
             return resp.status_code == 200 and resp.json().get("health") in ("true", True)
         except (RestError, ValueError):
             return False
+
+    def cluster_version_decided(self) -> bool:
+        """A newly formed cluster reports its version as "not_decided" for a moment; Patroni
+        started then takes it for etcd 3.0, fails, and waits 5 s before it tries again."""
+        try:
+            resp = _request("GET", f"{self.endpoint}/version", f"etcd {self.endpoint}", timeout=self.timeout)
+            version = str(resp.json().get("etcdcluster", ""))
+        except (RestError, ValueError):
+            return False
+        return version not in ("", "not_decided")
 
     def members(self) -> list[dict[str, Any]]:
         return self._post("/v3/cluster/member/list", {}).get("members", [])
@@ -101,6 +123,21 @@ class EtcdGateway:
     def delete_prefix(self, prefix: str) -> int:
         body = {"key": _b64(prefix), "range_end": _prefix_end(prefix)}
         return int(self._post("/v3/kv/deleterange", body).get("deleted", 0))
+
+
+def etcd_peer_members(peer_url: str) -> list[dict[str, Any]] | None:
+    """The member list an etcd member serves on its peer port, or None if it does not answer.
+
+    The peer port answers at once, even from a founding member that has no quorum yet
+    and so serves nothing on its client port (every client request waits for a timeout).
+    Such a member lists no clientURLs: members publish them only once a quorum formed.
+    """
+    try:
+        resp = _request("GET", f"{peer_url.rstrip('/')}/members", f"etcd peer {peer_url}", timeout=(1.0, 2.0))
+        members = resp.json() if resp.status_code == 200 else None
+    except (RestError, ValueError):
+        return None
+    return members if isinstance(members, list) else None
 
 
 def first_healthy(endpoints: list[str]) -> EtcdGateway | None:

@@ -55,6 +55,8 @@ def test_patroni_yml_has_the_runbook_settings(lab: ClusterConfig, node: str) -> 
     assert doc["etcd3"]["hosts"] == [f"{h.address}:2379" for h in lab.with_role("etcd")]
     assert doc["etcd3"]["hosts"] == ["10.77.0.11:2379", "10.77.0.12:2379", "10.77.0.13:2379"]
 
+    assert doc["postgresql"]["basebackup"] == [{"checkpoint": "fast"}]
+
     dcs = doc["bootstrap"]["dcs"]
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (30, 10, 10)
     assert dcs["maximum_lag_on_failover"] == 1048576
