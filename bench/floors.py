@@ -78,7 +78,10 @@ def primary_script(bin_dir: str, initdb: Sequence[Any], address: str, scratch: s
     """initdb + start of a throwaway cluster that the lab subnet may pg_basebackup (trust)."""
     data = f"{scratch}/data"
     flags = " ".join(shlex.quote(a) for a in initdb_args(initdb))
-    opts = f"-c port={port} -c listen_addresses={address} -c unix_socket_directories={scratch}"
+    # wal_keep_size as in pgha's clusters: two base backups in parallel, each forcing a
+    # checkpoint, otherwise race for WAL segments that a checkpoint has just recycled.
+    opts = (f"-c port={port} -c listen_addresses={address} -c unix_socket_directories={scratch} "
+            "-c wal_keep_size=256MB")
     return as_postgres(
         f"{bin_dir}/initdb -D {data} --auth=trust {flags} >/dev/null && "
         f"echo {shlex.quote(FLOOR_HBA)} >> {data}/pg_hba.conf && "

@@ -410,7 +410,7 @@ def _load_haproxy(problems: Problems, raw: Any) -> HaproxySettings:
         maxconn=as_int(problems, "haproxy.maxconn", data.get("maxconn"), 150, minimum=1),
         # Fixed, not derived from the node count, so adding a node changes only the server list.
         global_maxconn=as_int(problems, "haproxy.globalMaxconn", data.get("globalMaxconn"), 4000, minimum=1),
-        check_inter_ms=as_int(problems, "haproxy.checkInterMs", data.get("checkInterMs"), 2000, minimum=100),
+        check_inter_ms=as_int(problems, "haproxy.checkInterMs", data.get("checkInterMs"), 1000, minimum=100),
         check_fastinter_ms=as_int(problems, "haproxy.checkFastInterMs", data.get("checkFastInterMs"),
                                   500, minimum=100),
         check_fall=as_int(problems, "haproxy.checkFall", data.get("checkFall"), 2, minimum=1),

@@ -58,11 +58,17 @@ class PatroniClusterComponent(pulumi.ComponentResource):
             # The first host bootstraps a new cluster; the others, and any node
             # added later, start once the leader's pg_hba admits them (checked
             # by the node itself, while existing nodes reload in parallel).
+            # They come after the first host's node in the graph: a joining node
+            # waits for a leader inside its create, and the dynamic provider runs
+            # only 4 operations at once, so replicas that started first could hold
+            # every slot while the leader they wait for never starts.
+            after_first = [] if host.name == first else [self.nodes[first]]
             self.nodes[host.name] = PatroniNode(
                 f"{cfg.scope}-node-{host.name}",
                 _with_key({"connection": specs.connection(host), **specs.patroni_node_spec(cfg, host),
                            "bootstrap_leader": host.name == first, "secrets": patroni_secrets}, secrets),
-                pulumi.ResourceOptions(parent=self, depends_on=[install, self.cluster, *depends_on]),
+                pulumi.ResourceOptions(parent=self,
+                                       depends_on=[install, self.cluster, *depends_on, *after_first]),
             )
 
         nodes = list(self.nodes.values())

@@ -107,9 +107,9 @@ def _restart(cluster: Cluster, name: str, ready: Any, what: str, timeout: float)
             raise SshError(name, what, f"POST /restart: HTTP 503 {resp.text[:200]}")
         raise SshError(name, what, f"POST /restart: HTTP {resp.status_code} {resp.text[:200]}")
 
-    wait_for(posted, timeout=60, interval=2, what=f"{name} accepting a restart", host=name)
+    wait_for(posted, timeout=60, interval=1, what=f"{name} accepting a restart", host=name)
     wait_for(lambda: any(m["name"] == name and ready(m) for m in cluster.members()),
-             timeout=timeout, interval=1, what=f"{name} back after its restart", host=name)
+             timeout=timeout, interval=0.5, what=f"{name} back after its restart", host=name)
 
 
 def rolling_restart(cluster: Cluster, preferred_leader: str | None, timeout: float = 600) -> list[str]:
@@ -128,11 +128,13 @@ def rolling_restart(cluster: Cluster, preferred_leader: str | None, timeout: flo
     if candidates:
         switch_leader(cluster, leader["name"],
                       preferred_leader if preferred_leader in candidates else candidates[0])
-        wait_for(lambda: any(m["name"] == leader["name"] and m.get("state") == "streaming"
-                             for m in cluster.members()),
-                 timeout=timeout, interval=1, what=f"{leader['name']} streaming from the new leader",
-                 host=leader["name"])
-        _restart(cluster, leader["name"], _healthy_replica, "restart the former leader", timeout)
+        former = wait_for(lambda: next((m for m in cluster.members() if m["name"] == leader["name"]
+                                        and m.get("state") == "streaming"), None),
+                          timeout=timeout, interval=0.5, host=leader["name"],
+                          what=f"{leader['name']} streaming from the new leader")
+        # Demoting stopped and started its PostgreSQL, which usually applied the change already.
+        if former.get("pending_restart"):
+            _restart(cluster, leader["name"], _healthy_replica, "restart the former leader", timeout)
     else:  # a single node: nothing to hand over to
         _restart(cluster, leader["name"],
                  lambda m: m.get("state") == "running" and not m.get("pending_restart"),
@@ -146,7 +148,34 @@ def switch_leader(cluster: Cluster, current: str, target: str) -> None:
     if resp.status_code not in (200, 202):
         raise SshError(current, f"switch over to {target}", f"HTTP {resp.status_code} {resp.text[:200]}")
     wait_for(lambda: any(m["name"] == target and m.get("role") in LEADER_ROLES for m in cluster.members()),
-             timeout=120, interval=1, what=f"{target} leading", host=target)
+             timeout=120, interval=0.5, what=f"{target} leading", host=target)
+
+
+def settle(cluster: Cluster, props: dict[str, Any], expect_restart: bool) -> None:
+    """Return once every member has applied a PATCH /config.
+
+    Members read new settings in their HA loop, every loop_wait seconds; Patroni runs
+    that loop at once after any PATCH /config it serves, so each member is sent one
+    that writes nothing. A restart-only change is seen applied when every member
+    reports pending_restart; a reload-only change leaves no trace, so it gets a moment.
+    """
+    for name in cluster.api_urls():
+        try:
+            api = cluster.api(name)
+            ttl = api.config().get("ttl")
+            if ttl is not None:
+                api.patch_config({"ttl": ttl})
+        except RestError:
+            pass  # a member that is down reads the settings when it starts
+    time.sleep(1.0)
+    if not expect_restart:
+        return
+    loop_wait = min(int(props["dcs"].get("loop_wait", 10)), 10)
+    try:
+        wait_for(lambda: all(m.get("pending_restart") for m in cluster.members()), timeout=loop_wait + 2,
+                 interval=0.5, what="every member flagging pending_restart", host=props["scope"])
+    except SshError:
+        pass  # a value set back to what runs needs no restart: nothing will be flagged
 
 
 class DynamicConfigProvider(HostProvider):
@@ -156,15 +185,16 @@ class DynamicConfigProvider(HostProvider):
     CREATE_ONLY = frozenset({"etcd_endpoints", "leader"})
     OUTPUTS = frozenset({"restarted", "pending_restart"})
 
-    def _apply(self, old: dict[str, Any] | None, props: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, olds: dict[str, Any] | None, props: dict[str, Any]) -> dict[str, Any]:
+        old = (olds or {}).get("dcs")
+        olds_restart = (olds or {}).get("restart_required")
         cluster = Cluster(props)
         api = cluster.api()
         if needs_patch(api.config(), old, props["dcs"]):
             resp = api.patch_config(config_patch(old, props["dcs"]))
             if resp.status_code != 200:
                 raise SshError(props["scope"], "PATCH /config", f"HTTP {resp.status_code} {resp.text[:300]}")
-            # Every node applies the change in its next HA loop.
-            time.sleep(min(int(props["dcs"].get("loop_wait", 10)), 10) + 2)
+            settle(cluster, props, expect_restart=olds_restart != props.get("restart_required"))
         restarted: list[str] = []
         if props.get("restart_policy", "rolling") == "rolling":
             wait_for(lambda: all(m.get("state") in ("running", "streaming") for m in cluster.members()),
@@ -177,7 +207,7 @@ class DynamicConfigProvider(HostProvider):
         return CreateResult(id_=f"{props['scope']}/config", outs=self._apply(None, props))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs=self._apply(olds.get("dcs"), news))
+        return UpdateResult(outs=self._apply(olds, news))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         outs = dict(props)

@@ -75,15 +75,18 @@ class EtcdGateway:
         except (RestError, ValueError):
             return False
 
-    def cluster_version_decided(self) -> bool:
-        """A newly formed cluster reports its version as "not_decided" for a moment; Patroni
-        started then takes it for etcd 3.0, fails, and waits 5 s before it tries again."""
+    def cluster_version_ready(self) -> bool:
+        """A newly formed cluster reports its version as "not_decided", then 3.0, and only
+        some seconds later the members' own version. Patroni started before that takes
+        it for etcd 3.0, which has no v3 API it can use, and waits 5 s to try again."""
         try:
             resp = _request("GET", f"{self.endpoint}/version", f"etcd {self.endpoint}", timeout=self.timeout)
             version = str(resp.json().get("etcdcluster", ""))
         except (RestError, ValueError):
             return False
-        return version not in ("", "not_decided")
+        parts = version.split(".")
+        return len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit() and (
+            int(parts[0]), int(parts[1])) >= (3, 1)
 
     def members(self) -> list[dict[str, Any]]:
         return self._post("/v3/cluster/member/list", {}).get("members", [])
