@@ -8,9 +8,10 @@ from typing import Any
 import pulumi
 
 from components import specs
-from components.config import ClusterConfig
+from components.config import ClusterConfig, Host
 from components.resources import (
     DatabaseRole,
+    PatroniBootstrap,
     PatroniCluster,
     PatroniDynamicConfig,
     PatroniInstall,
@@ -45,30 +46,35 @@ class PatroniClusterComponent(pulumi.ComponentResource):
 
         self.installs: dict[str, PatroniInstall] = {}
         self.nodes = {}
-        first = cfg.with_role("patroni")[0].name
+        first = cfg.with_role("patroni")[0]
+
+        def node_props(host: Host) -> dict[str, Any]:
+            return _with_key({"connection": specs.connection(host), **specs.patroni_node_spec(cfg, host),
+                              "bootstrap_leader": host.name == first.name, "secrets": patroni_secrets},
+                             secrets)
+
         for host in cfg.with_role("patroni"):
-            install = PatroniInstall(
+            self.installs[host.name] = PatroniInstall(
                 f"{cfg.scope}-install-{host.name}",
                 _with_key({"connection": specs.connection(host), **specs.patroni_install_spec(cfg, host)},
                           secrets),
                 # A refused membership change must stop before any host is touched.
                 pulumi.ResourceOptions(parent=self, depends_on=[guard]),
             )
-            self.installs[host.name] = install
-            # The first host bootstraps a new cluster; the others, and any node
-            # added later, start once the leader's pg_hba admits them (checked
-            # by the node itself, while existing nodes reload in parallel).
-            # They come after the first host's node in the graph: a joining node
-            # waits for a leader inside its create, and the dynamic provider runs
-            # only 4 operations at once, so replicas that started first could hold
-            # every slot while the leader they wait for never starts.
-            after_first = [] if host.name == first else [self.nodes[first]]
+        # A new cluster gets its leader (the first host) before any node's create begins;
+        # an existing one is left alone (see providers/patroni_bootstrap.py).
+        self.bootstrap = PatroniBootstrap(
+            f"{cfg.scope}-bootstrap", node_props(first),
+            pulumi.ResourceOptions(parent=self,
+                                   depends_on=[self.installs[first.name], self.cluster, *depends_on]),
+        )
+        for host in cfg.with_role("patroni"):
+            # A node added later starts once the leader's pg_hba admits it (checked by
+            # the node itself, while existing nodes reload in parallel).
             self.nodes[host.name] = PatroniNode(
-                f"{cfg.scope}-node-{host.name}",
-                _with_key({"connection": specs.connection(host), **specs.patroni_node_spec(cfg, host),
-                           "bootstrap_leader": host.name == first, "secrets": patroni_secrets}, secrets),
-                pulumi.ResourceOptions(parent=self,
-                                       depends_on=[install, self.cluster, *depends_on, *after_first]),
+                f"{cfg.scope}-node-{host.name}", node_props(host),
+                pulumi.ResourceOptions(parent=self, depends_on=[self.installs[host.name], self.cluster,
+                                                                self.bootstrap, *depends_on]),
             )
 
         nodes = list(self.nodes.values())

@@ -17,6 +17,7 @@ from components.providers.etcd_member import EtcdMemberProvider
 from components.providers.generated_password import GeneratedPasswordProvider
 from components.providers.haproxy_config import HAProxyConfigProvider
 from components.providers.membership_guard import MembershipGuardProvider
+from components.providers.patroni_bootstrap import PatroniBootstrapProvider
 from components.providers.patroni_cluster import PatroniClusterProvider
 from components.providers.patroni_install import PatroniInstallProvider
 from components.providers.patroni_node import PatroniNodeProvider
@@ -57,6 +58,11 @@ class PatroniNode(Resource, module="pgha", name="PatroniNode"):
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         outs = {"role": None, "timeline": None, "patroni_version": None}
         super().__init__(PatroniNodeProvider(), name, {**outs, **props}, _opts(opts))
+
+
+class PatroniBootstrap(Resource, module="pgha", name="PatroniBootstrap"):
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(PatroniBootstrapProvider(), name, props, _opts(opts))
 
 
 class HAProxyConfig(Resource, module="pgha", name="HAProxyConfig"):
