@@ -94,7 +94,19 @@ class WriteLoad:
         return max((end - start for start, end in self.windows), default=0.0)
 
     def missing(self) -> list[int]:
-        """Acknowledged ids that are not in the table (must always be empty)."""
-        with self._connect() as conn:
-            present = {r[0] for r in conn.execute(f"SELECT id FROM {self.table}").fetchall()}
+        """Acknowledged ids that are not in the table (must always be empty).
+
+        Reads through HAProxy like any client, so right after a leader change it may
+        have to reconnect until HAProxy's checks see the new primary (the primary port
+        does not retry on the client's behalf)."""
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with self._connect() as conn:
+                    present = {r[0] for r in conn.execute(f"SELECT id FROM {self.table}").fetchall()}
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         return [i for i in self.acknowledged if i not in present]
