@@ -154,17 +154,13 @@ def switch_leader(cluster: Cluster, current: str, target: str) -> None:
 def settle(cluster: Cluster, props: dict[str, Any], expect_restart: bool) -> None:
     """Return once every member has applied a PATCH /config.
 
-    Members read new settings in their HA loop, every loop_wait seconds; Patroni runs
-    that loop at once after any PATCH /config it serves, so each member is sent one
-    that writes nothing. A restart-only change is seen applied when every member
-    reports pending_restart; a reload-only change leaves no trace, so it gets a moment.
+    Members read new settings in their HA loop, every loop_wait seconds, so each one is
+    woken. A restart-only change is seen applied when every member reports
+    pending_restart; a reload-only change leaves no trace, so it gets a moment.
     """
     for name in cluster.api_urls():
         try:
-            api = cluster.api(name)
-            ttl = api.config().get("ttl")
-            if ttl is not None:
-                api.patch_config({"ttl": ttl})
+            cluster.api(name).wake()
         except RestError:
             pass  # a member that is down reads the settings when it starts
     time.sleep(1.0)

@@ -124,9 +124,8 @@ class PatroniNodeProvider(HostProvider):
 
         A new replica streams only once the leader has made its slot, which the leader does
         in its HA loop; until then its WAL receiver fails and retries every 5 s, which cost
-        about 10 s per replica. Patroni wakes its HA loop after any PATCH /config, so the
-        leader is sent one that writes back an unchanged value. Best effort: without it the
-        leader's next loop makes the slot anyway.
+        about 10 s per replica. Best effort: without it the leader's next loop makes the
+        slot anyway.
         """
         gateway = first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
         if gateway is None:
@@ -139,11 +138,8 @@ class PatroniNodeProvider(HostProvider):
             api_url = json.loads(gateway.get(f"{prefix}members/{leader}") or "{}").get("api_url", "")
             if not api_url:
                 return
-            leader_api = PatroniApi(api_url.rsplit("/", 1)[0],
-                                    auth=(props["restapi_username"], props["secrets"]["restapi"]))
-            ttl = leader_api.config().get("ttl")
-            if ttl is not None:
-                leader_api.patch_config({"ttl": ttl})
+            PatroniApi(api_url.rsplit("/", 1)[0],
+                       auth=(props["restapi_username"], props["secrets"]["restapi"])).wake()
         except (RestError, SshError, ValueError):
             return
 

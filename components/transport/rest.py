@@ -201,6 +201,16 @@ class PatroniApi:
     def patch_config(self, patch: dict[str, Any]) -> requests.Response:
         return self._unsafe("PATCH", "/config", patch)
 
+    def wake(self) -> None:
+        """Run this node's HA loop now instead of within loop_wait.
+
+        Patroni wakes its loop after any PATCH /config it serves; this one writes back
+        the current ttl, so it changes nothing in the DCS.
+        """
+        ttl = self.config().get("ttl")
+        if ttl is not None:
+            self.patch_config({"ttl": ttl})
+
 
 def members_table(cluster: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows like `patronictl list`: name, role, state, timeline, lag."""
