@@ -158,9 +158,9 @@ def settle(cluster: Cluster, props: dict[str, Any], expect_restart: bool) -> Non
     woken. A restart-only change is seen applied when every member reports
     pending_restart; a reload-only change leaves no trace, so it gets a moment.
     """
-    for name in cluster.api_urls():
+    for url in cluster.api_urls().values():  # one DCS read for all members
         try:
-            cluster.api(name).wake()
+            PatroniApi(url, auth=cluster.auth).wake()
         except RestError:
             pass  # a member that is down reads the settings when it starts
     time.sleep(1.0)

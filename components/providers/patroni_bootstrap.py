@@ -18,18 +18,17 @@ from typing import Any
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
 from components.providers.base import public
-from components.providers.patroni_node import PatroniNodeProvider
-from components.transport.rest import first_healthy
+from components.providers.patroni_cluster import dcs_prefix
+from components.providers.patroni_node import PatroniNodeProvider, dcs_gateway
 from components.transport.ssh import SshError
 
 
 class PatroniBootstrapProvider(PatroniNodeProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
-        gateway = first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
+        gateway = dcs_gateway(props)
         if gateway is None:
             raise SshError(props["address"], "read the DCS", "no healthy etcd member")
-        prefix = f"{props['namespace'].rstrip('/')}/{props['scope']}/"
-        existing = gateway.get(f"{prefix}initialize") is not None
+        existing = gateway.get(f"{dcs_prefix(props)}initialize") is not None
         if not existing:
             with self.ssh(props) as ssh:
                 self._write_config(ssh, props)

@@ -43,8 +43,9 @@ class PatroniClusterProvider(HostProvider):
         # Founding etcd members return as soon as they run; the cluster is only
         # usable once every one of them answers healthy.
         endpoints = props["etcd_endpoints"]
-        wait_for(lambda: all(EtcdGateway(e).healthy() and EtcdGateway(e).cluster_version_ready()
-                             for e in endpoints), timeout=180, interval=0.5,
+        gateways = [EtcdGateway(e) for e in endpoints]
+        wait_for(lambda: all(g.healthy() and g.cluster_version_ready() for g in gateways),
+                 timeout=180, interval=0.5,
                  what=f"every etcd member healthy ({', '.join(endpoints)})", host=props["scope"])
         return CreateResult(id_=dcs_prefix(props), outs=public(props))
 

@@ -19,7 +19,7 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 from components import render
 from components.handover import plan_handover
 from components.providers.base import HostProvider, public
-from components.providers.patroni_cluster import pgha_prefix
+from components.providers.patroni_cluster import dcs_prefix, pgha_prefix
 from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
 from components.transport.ssh import Ssh, SshError, wait_for
 
@@ -48,7 +48,20 @@ def _journal(ssh: Ssh) -> str:
 
 
 def _member_key(props: dict[str, Any]) -> str:
-    return f"{props['namespace'].rstrip('/')}/{props['scope']}/members/{props['name']}"
+    return f"{dcs_prefix(props)}members/{props['name']}"
+
+
+def dcs_gateway(props: dict[str, Any]) -> EtcdGateway | None:
+    """A healthy etcd member of the cluster this node uses as its DCS."""
+    return first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
+
+
+def leader_member(gateway: EtcdGateway, props: dict[str, Any]) -> dict[str, Any] | None:
+    """The leader's member record in the DCS (conn_url, api_url, ...); None before bootstrap."""
+    leader = gateway.get(f"{dcs_prefix(props)}leader")
+    if not leader:
+        return None
+    return json.loads(gateway.get(f"{dcs_prefix(props)}members/{leader}") or "{}")
 
 
 class PatroniNodeProvider(HostProvider):
@@ -81,14 +94,12 @@ class PatroniNodeProvider(HostProvider):
 
     def _existing_leader(self, props: dict[str, Any]) -> tuple[str, int] | None:
         """(host, port) of the running cluster's leader, from the DCS; None before bootstrap."""
-        gateway = first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
+        gateway = dcs_gateway(props)
         if gateway is None:
             raise SshError(props["address"], "read the DCS", "no healthy etcd member")
-        prefix = f"{props['namespace'].rstrip('/')}/{props['scope']}/"
-        leader = gateway.get(f"{prefix}leader")
-        if not leader:
+        member = leader_member(gateway, props)
+        if member is None:
             return None
-        member = json.loads(gateway.get(f"{prefix}members/{leader}") or "{}")
         url = urlparse(member.get("conn_url", ""))
         return (url.hostname, url.port or 5432) if url.hostname else None
 
@@ -127,15 +138,13 @@ class PatroniNodeProvider(HostProvider):
         about 10 s per replica. Best effort: without it the leader's next loop makes the
         slot anyway.
         """
-        gateway = first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
+        gateway = dcs_gateway(props)
         if gateway is None:
             return
-        prefix = f"{props['namespace'].rstrip('/')}/{props['scope']}/"
         try:
             wait_for(lambda: gateway.get(_member_key(props)) is not None, timeout=30, interval=0.3,
                      what="this node registered in the DCS", host=props["address"])
-            leader = gateway.get(f"{prefix}leader") or ""
-            api_url = json.loads(gateway.get(f"{prefix}members/{leader}") or "{}").get("api_url", "")
+            api_url = (leader_member(gateway, props) or {}).get("api_url", "")
             if not api_url:
                 return
             PatroniApi(api_url.rsplit("/", 1)[0],
@@ -184,7 +193,7 @@ class PatroniNodeProvider(HostProvider):
         return ReadResult(id_=id_, outs=outs)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        gateway = first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
+        gateway = dcs_gateway(props)
         leaving = f"{pgha_prefix(props['scope'])}leaving/{props['name']}"
         if gateway is not None:
             gateway.put(leaving, "1")  # tells a leader being removed not to hand over to us
