@@ -278,8 +278,7 @@ class Session:
     def deploy(self, layout: Layout) -> Deployment:
         """Fresh hosts, then `pulumi up` of the layout's stack (timed: B1 reports it)."""
         lab = self.fresh_lab(layout.lab_hosts)
-        project = ProjectCopy(self.scratch("deploy"), STACK)
-        project.cli.run("stack", "init", STACK)
+        project = ProjectCopy.with_stack(self.scratch("deploy"), STACK)
         config = layout.config(project.base_config)
         project.write_config(config)
         log(f"deploy: pulumi up ({layout.key})")

@@ -110,6 +110,13 @@ class ProjectCopy:
         self.salt = lab_doc["encryptionsalt"]
         self.base_config: dict[str, Any] = {k.removeprefix("pgha:"): v for k, v in lab_doc["config"].items()}
 
+    @classmethod
+    def with_stack(cls, base: Path, stack: str) -> ProjectCopy:
+        """A copy whose stack exists (empty state), ready for write_config and `up`."""
+        project = cls(base, stack)
+        project.cli.run("stack", "init", stack)
+        return project
+
     def write_config(self, config: dict[str, Any]) -> None:
         doc = {"encryptionsalt": self.salt, "config": {f"pgha:{k}": v for k, v in config.items()}}
         (self.dir / "stacks" / f"Pulumi.{self.stack}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

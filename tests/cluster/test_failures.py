@@ -129,8 +129,7 @@ def failures(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
     lab = Lab.up(5)
     try:
         link_wheelhouse(lab)
-        project = ProjectCopy(tmp_path_factory.mktemp("failures"), "failures")
-        project.cli.run("stack", "init", "failures")
+        project = ProjectCopy.with_stack(tmp_path_factory.mktemp("failures"), "failures")
         config = copy.deepcopy(project.base_config)
         config["dcs"] = {"synchronousMode": True}
         project.write_config(config)

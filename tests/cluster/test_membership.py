@@ -89,8 +89,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
     lab = Lab.up(7)
     try:
         link_wheelhouse(lab)
-        project = ProjectCopy(tmp_path_factory.mktemp("membership"), "membership")
-        project.cli.run("stack", "init", "membership")
+        project = ProjectCopy.with_stack(tmp_path_factory.mktemp("membership"), "membership")
         config = copy.deepcopy(project.base_config)
         config["hosts"] = BASE_HOSTS
         project.write_config(config)

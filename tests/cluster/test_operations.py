@@ -66,8 +66,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[
     lab = Lab.up(4)
     try:
         link_wheelhouse(lab)
-        project = ProjectCopy(tmp_path_factory.mktemp("operations"), "ops")
-        project.cli.run("stack", "init", "ops")
+        project = ProjectCopy.with_stack(tmp_path_factory.mktemp("operations"), "ops")
         config = copy.deepcopy(project.base_config)
         project.write_config(config)
         project.run("up", "--yes", "--skip-preview")
