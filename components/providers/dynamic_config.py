@@ -7,23 +7,29 @@ so edits made with `patronictl edit-config` show up as drift.
 
 When a parameter needs a restart, the nodes are restarted so that writes see
 only one switchover: replicas one at a time (each streaming again before the
-next), then a switchover to a restarted replica, then the former leader.
+next), then a switchover to a restarted replica, then the former leader. Who
+takes over, here and for `pgha:leader`, is succession.py's rule.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
 from components.providers.base import HostProvider, public
+from components.succession import Member, Succession, SyncMode, choose_successor, members_of
 from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
 from components.transport.ssh import SshError, wait_for
 
 TOP_LEVEL = ("ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "synchronous_mode")
 PG_LEVEL = ("use_pg_rewind", "use_slots")
+# How long a hand-over waits for a member to qualify, e.g. for Patroni to name a new synchronous
+# standby (it does so within loop_wait) after the previous one restarted.
+SUCCESSOR_TIMEOUT = 120.0
 
 
 def config_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +99,11 @@ class Cluster:
     def members(self) -> list[dict[str, Any]]:
         return self.api().cluster().get("members", [])
 
+    def succession_input(self) -> tuple[list[Member], SyncMode]:
+        """The members and the DCS's synchronous_mode, both through one member's REST API."""
+        api = self.api()
+        return members_of(api.cluster()), SyncMode.from_setting(api.config().get("synchronous_mode"))
+
 
 def _healthy_replica(member: dict[str, Any]) -> bool:
     return member.get("state") == "streaming" and not member.get("pending_restart")
@@ -120,27 +131,50 @@ def rolling_restart(cluster: Cluster, preferred_leader: str | None, timeout: flo
     for name in replicas:
         _restart(cluster, name, _healthy_replica, "restart a replica", timeout)
         restarted.append(name)
-    leader = next((m for m in cluster.members() if m.get("role") in LEADER_ROLES), None)
-    if leader is None or not leader.get("pending_restart"):
+    members = [Member.from_patroni(m) for m in cluster.members()]
+    leader = next((m for m in members if m.is_leader), None)
+    if leader is None or not leader.pending_restart:
         return restarted
-    candidates = [m["name"] for m in cluster.members() if m["name"] != leader["name"]
-                  and _healthy_replica(m) and not (m.get("tags") or {}).get("nofailover")]
-    if candidates:
-        switch_leader(cluster, leader["name"],
-                      preferred_leader if preferred_leader in candidates else candidates[0])
-        former = wait_for(lambda: next((m for m in cluster.members() if m["name"] == leader["name"]
-                                        and m.get("state") == "streaming"), None),
-                          timeout=timeout, interval=0.5, host=leader["name"],
-                          what=f"{leader['name']} streaming from the new leader")
-        # Demoting stopped and started its PostgreSQL, which usually applied the change already.
-        if former.get("pending_restart"):
-            _restart(cluster, leader["name"], _healthy_replica, "restart the former leader", timeout)
-    else:  # a single node: nothing to hand over to
-        _restart(cluster, leader["name"],
+    others = [m for m in members if m.name != leader.name]
+    if all(m.promotion_barred for m in others):  # a single node, or no other may ever lead
+        _restart(cluster, leader.name,
                  lambda m: m.get("state") == "running" and not m.get("pending_restart"),
                  "restart the leader", timeout)
-    restarted.append(leader["name"])
+    else:
+        pending = {m.name: "has a restart pending" for m in others if m.pending_restart}
+        target = wait_for_successor(cluster, leader.name, pending, preferred_leader or "")
+        switch_leader(cluster, leader.name, target)
+        former = wait_for(lambda: next((m for m in cluster.members() if m["name"] == leader.name
+                                        and m.get("state") == "streaming"), None),
+                          timeout=timeout, interval=0.5, host=leader.name,
+                          what=f"{leader.name} streaming from the new leader")
+        # Demoting stopped and started its PostgreSQL, which usually applied the change already.
+        if former.get("pending_restart"):
+            _restart(cluster, leader.name, _healthy_replica, "restart the former leader", timeout)
+    restarted.append(leader.name)
     return restarted
+
+
+def wait_for_successor(cluster: Cluster, leader: str, exclude: Mapping[str, str], preferred: str = "",
+                       timeout: float = SUCCESSOR_TIMEOUT) -> str:
+    """The member to hand `leader`'s role to, once one qualifies (succession.py's rule).
+
+    `exclude` maps members that must not take over to why ("is being removed"). Fails after
+    `timeout` with every member and why it does not qualify.
+    """
+    last: list[Succession] = []
+
+    def successor() -> str:
+        members, sync_mode = cluster.succession_input()
+        last[:] = [choose_successor(members, sync_mode, exclude, preferred)]
+        return last[0].target
+
+    try:
+        return wait_for(successor, timeout=timeout, interval=1, host=leader,
+                        what="a member that may take over the leader role")
+    except SshError as err:
+        raise SshError(leader, "choose who takes over the leader role",
+                       last[0].reason if last else str(err)) from err
 
 
 def switch_leader(cluster: Cluster, current: str, target: str) -> None:
@@ -249,15 +283,15 @@ class LeaderProvider(HostProvider):
         if not target:
             return public(props)
         cluster = Cluster(props)
-        members = {m["name"]: m for m in cluster.members()}
-        current = next((n for n, m in members.items() if m.get("role") in LEADER_ROLES), None)
+        members, sync_mode = cluster.succession_input()
+        current = next((m.name for m in members if m.is_leader), None)
         if current == target:
             return {**public(props), "current_leader": current}
-        candidate = members.get(target)
-        tags = (candidate or {}).get("tags") or {}
-        if candidate is None or not _healthy_replica(candidate) or tags.get("nofailover"):
-            raise SshError(target, "switch over to pgha:leader",
-                           f"{target} is not a healthy streaming replica: {candidate}")
+        succession = choose_successor(members, sync_mode, preferred=target)
+        if succession.target != target:
+            why = succession.why_not(target) or f"{target} is not a member of the cluster"
+            now = f" (a switchover could go to {succession.target} now)" if succession.target else ""
+            raise SshError(target, "switch over to pgha:leader", f"{why}{now}")
         if current is None:
             raise SshError(target, "switch over to pgha:leader", "the cluster has no leader now")
         switch_leader(cluster, current, target)

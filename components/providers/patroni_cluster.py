@@ -4,8 +4,9 @@ Created after etcd and before the nodes, deleted after every node, so that a
 destroy ends with what `patronictl remove` does: the cluster's keys deleted
 from etcd once no member is left running. Its member list changes before any
 node or HAProxy changes, so when the leader's node is being removed, the
-leader role moves to a staying replica first: HAProxy then never points at
-no primary, and the removed node is stopped as a replica.
+leader role moves to a staying member first (one Patroni accepts, see
+succession.py): HAProxy then never points at no primary, and the removed node
+is stopped as a replica.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from pulumi.dynamic import CreateResult, UpdateResult
 
 from components.providers.base import HostProvider, public
-from components.providers.dynamic_config import Cluster, switch_leader
+from components.providers.dynamic_config import Cluster, switch_leader, wait_for_successor
 from components.transport.rest import LEADER_ROLES, EtcdGateway, RestError, first_healthy
 from components.transport.ssh import SshError, wait_for
 
@@ -62,14 +63,11 @@ class PatroniClusterProvider(HostProvider):
         leader = next((m for m in members if m.get("role") in LEADER_ROLES), None)
         if leader is None or leader["name"] not in removed:
             return
-        candidates = sorted(
-            (m for m in members if m["name"] in props["members"] and m.get("state") == "streaming"
-             and not (m.get("tags") or {}).get("nofailover")),
-            key=lambda m: (m["lag"] if isinstance(m.get("lag"), int) else 0, m["name"]))
-        if not candidates:
-            raise SshError(leader.get("host", props["scope"]), "switch over away from a removed leader",
-                           f"{leader['name']} leads and no staying member is a healthy replica")
-        switch_leader(cluster, leader["name"], candidates[0]["name"])
+        leaving = {m["name"]: "is being removed" if m["name"] in removed else "is not in pgha:hosts"
+                   for m in members if m["name"] not in props["members"]}
+        # `leader` (pgha:leader) is honoured when the cluster's props carry it.
+        target = wait_for_successor(cluster, leader["name"], leaving, props.get("leader") or "")
+        switch_leader(cluster, leader["name"], target)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """`patronictl remove`: only once no member is left, then every key of the cluster."""

@@ -20,6 +20,7 @@ from components import render
 from components.handover import plan_handover
 from components.providers.base import HostProvider, public
 from components.providers.patroni_cluster import dcs_prefix, pgha_prefix
+from components.succession import SyncMode, members_of
 from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
 from components.transport.ssh import Ssh, SshError, wait_for
 
@@ -224,7 +225,7 @@ class PatroniNodeProvider(HostProvider):
 
     def _step_down_if_leader(self, node: PatroniApi, props: dict[str, Any],
                              gateway: EtcdGateway | None) -> None:
-        """Hand the leader role to a healthy replica that is staying, before stopping.
+        """Hand the leader role to a member that stays and that Patroni accepts, before stopping.
 
         Looks again after every wait or failed switchover: in a destroy the other
         members announce their departure at about the same moment, so a first
@@ -237,7 +238,8 @@ class PatroniNodeProvider(HostProvider):
             leaving = set()
             if gateway is not None:
                 leaving = {k.rsplit("/", 1)[-1] for k in gateway.keys_with_prefix(prefix)}
-            step = plan_handover(props["name"], node.cluster().get("members", []), leaving)
+            sync_mode = SyncMode.from_setting(node.config().get("synchronous_mode"))
+            step = plan_handover(props["name"], members_of(node.cluster()), leaving, sync_mode)
             if step.action == "stop":
                 return
             if step.action == "switchover":
