@@ -9,6 +9,7 @@ secret, validates everything and returns an immutable model, or raises
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,9 @@ class DcsSettings:
     use_pg_rewind: bool
     use_slots: bool
     parameters: dict[str, Any]
+    # Parameters left to operators (`patronictl edit-config`): the stack neither sets nor
+    # resets them. Every other parameter in the DCS that the stack does not declare is drift.
+    operator_parameters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -291,7 +295,8 @@ def _load_hosts(problems: Problems, raw: Any, ssh: SshSettings) -> tuple[Host, .
     return tuple(hosts)
 
 
-def _load_dcs(problems: Problems, raw: Any, parameters: dict[str, Any]) -> DcsSettings:
+def _load_dcs(problems: Problems, raw: Any, parameters: dict[str, Any],
+              operator_parameters: tuple[str, ...] = ()) -> DcsSettings:
     data = as_mapping(problems, "dcs", raw)
     check_unknown_keys(problems, "dcs", data, (
         "ttl", "loopWait", "retryTimeout", "maximumLagOnFailover", "synchronousMode",
@@ -310,7 +315,26 @@ def _load_dcs(problems: Problems, raw: Any, parameters: dict[str, Any]) -> DcsSe
         use_pg_rewind=as_bool(problems, "dcs.usePgRewind", data.get("usePgRewind"), True),
         use_slots=as_bool(problems, "dcs.useSlots", data.get("useSlots"), True),
         parameters=parameters,
+        operator_parameters=operator_parameters,
     )
+
+
+def _load_operator_parameters(problems: Problems, raw: Any, parameters: dict[str, Any],
+                              declared: Any) -> tuple[str, ...]:
+    names: list[str] = []
+    for i, name in enumerate(as_list(problems, "postgresql.operatorParameters", raw)):
+        key = f"postgresql.operatorParameters[{i}]"
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z_][a-z0-9_.]*", name):
+            problems.add(key, f"{name!r} is not a PostgreSQL parameter name")
+        elif isinstance(declared, dict) and name in declared:
+            problems.add(key, f"{name} is also set in postgresql.parameters: a parameter is either "
+                              "declared by the stack or left to operators")
+        elif name in parameters:
+            problems.add(key, f"{name} is one of pgha's defaults ({parameters[name]}); set it in "
+                              "postgresql.parameters instead")
+        else:
+            names.append(name)
+    return tuple(sorted(set(names)))
 
 
 def _load_parameters(problems: Problems, raw: Any) -> dict[str, Any]:
@@ -331,7 +355,7 @@ def _load_postgres(problems: Problems, raw: Any, scope: str) -> tuple[PostgresSe
     data = as_mapping(problems, "postgresql", raw)
     check_unknown_keys(problems, "postgresql", data, (
         "version", "port", "osFamily", "dataDir", "binDir", "superuser", "replicationUser",
-        "rewindUser", "parameters", "keepDataOnDestroy"))
+        "rewindUser", "parameters", "operatorParameters", "keepDataOnDestroy"))
     version = as_int(problems, "postgresql.version", data.get("version"), 15, minimum=12, maximum=18)
     family = as_str(problems, "postgresql.osFamily", data.get("osFamily"), "debian")
     if family not in OS_FAMILIES:
@@ -357,7 +381,7 @@ def _load_postgres(problems: Problems, raw: Any, scope: str) -> tuple[PostgresSe
         keep_data_on_destroy=as_bool(problems, "postgresql.keepDataOnDestroy",
                                      data.get("keepDataOnDestroy"), True),
     )
-    return settings, data.get("parameters")
+    return settings, data
 
 
 def _load_patroni(problems: Problems, raw: Any, production: bool) -> PatroniSettings:
@@ -490,10 +514,12 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
 
     ssh = _load_ssh(problems, "ssh", raw.get("ssh"), None, bool(raw.get("sshPrivateKey")))
     hosts = _load_hosts(problems, raw.get("hosts"), ssh)
-    postgres, raw_parameters = _load_postgres(problems, raw.get("postgresql"), scope or "main")
-    parameters = _load_parameters(problems, raw_parameters)
+    postgres, raw_postgres = _load_postgres(problems, raw.get("postgresql"), scope or "main")
+    parameters = _load_parameters(problems, raw_postgres.get("parameters"))
+    operator_parameters = _load_operator_parameters(
+        problems, raw_postgres.get("operatorParameters"), parameters, raw_postgres.get("parameters"))
     patroni = _load_patroni(problems, raw.get("patroni"), production)
-    dcs = _load_dcs(problems, raw.get("dcs"), parameters)
+    dcs = _load_dcs(problems, raw.get("dcs"), parameters, operator_parameters)
     haproxy = _load_haproxy(problems, raw.get("haproxy"))
 
     etcd_raw = as_mapping(problems, "etcd", raw.get("etcd"))

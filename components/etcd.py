@@ -28,7 +28,9 @@ class EtcdCluster(pulumi.ComponentResource):
             # One membership change at a time (etcd allows one learner, and quorum
             # must hold between steps): each member waits for the one before it.
             member = EtcdMember(f"{cfg.scope}-etcd-{host.name}", props,
-                                pulumi.ResourceOptions(parent=self, depends_on=previous))
+                                pulumi.ResourceOptions(parent=self, depends_on=previous,
+                                                       # Founding peers: read only by a new cluster.
+                                                       ignore_changes=["bootstrap_cluster"]))
             self.members[host.name] = member
             previous = [member]
         self.endpoints = [f"http://{e}" for e in specs.etcd_client_endpoints(cfg)]

@@ -74,7 +74,9 @@ class PatroniClusterComponent(pulumi.ComponentResource):
             self.nodes[host.name] = PatroniNode(
                 f"{cfg.scope}-node-{host.name}", node_props(host),
                 pulumi.ResourceOptions(parent=self, depends_on=[self.installs[host.name], self.cluster,
-                                                                self.bootstrap, *depends_on]),
+                                                                self.bootstrap, *depends_on],
+                                       # Seeds a new cluster only: never a change of a running node.
+                                       ignore_changes=["bootstrap", "bootstrap_leader"]),
             )
 
         nodes = list(self.nodes.values())

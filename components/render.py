@@ -44,7 +44,9 @@ def render(template: str, **context: Any) -> str:
 
 
 def patroni_yml(spec: dict[str, Any], secrets: dict[str, str]) -> str:
-    return render("patroni.yml.j2", **{**spec, "secrets": secrets})
+    from components.specs import hba_lines
+
+    return render("patroni.yml.j2", **{**spec, "secrets": secrets, "pg_hba": hba_lines(spec["pg_hba"])})
 
 
 def patroni_unit(spec: dict[str, Any]) -> str:

@@ -3,8 +3,17 @@
 Diffs compare the stored inputs with the new ones and never touch a host, so
 a no-change preview opens no connection. Some inputs only matter when a thing
 is first created (an etcd member's founding peers, Patroni's bootstrap
-section); they are listed in CREATE_ONLY and ignored by diffs, so adding a
-member does not show as a change on every other one.
+section); they are listed in CREATE_ONLY and ignored by diffs, and the
+component also passes them in `ignore_changes`, so the engine shows no change
+of them on an existing resource.
+
+What a reviewer reads: when inputs changed, `diff` answers "unknown" and the
+engine computes a property-level diff of the inputs itself, so `pulumi preview
+--diff` shows only the changed leaves (old → new), never the unchanged rest.
+A change seen only in what `refresh` read back (drift) answers "changed".
+Stored inputs of older pgha versions are read through `upgrade` first
+(components/state_upgrade.py), so an upgraded program sees no change where
+there is none.
 """
 
 from __future__ import annotations
@@ -62,21 +71,33 @@ class HostProvider(ResourceProvider):
         target = SshTarget.from_props(props["connection"], props.get("ssh_private_key"))
         return Ssh(target, connect_timeout=connect_timeout)
 
+    def upgrade(self, props: dict[str, Any]) -> dict[str, Any]:
+        """Stored props of an older pgha in today's shape (see components/state_upgrade.py)."""
+        return props
+
+    def same(self, key: str, old: Any, new: Any) -> bool:
+        """Whether one input is unchanged between the state and the program."""
+        return bool(old == new)
+
     def changed_keys(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
+        olds = self.upgrade(olds)
         keys = (set(olds) | set(news)) - self.CREATE_ONLY - set(self.OBSERVED) - self.OUTPUTS
         keys = {k for k in keys if not k.startswith("__")}
-        return sorted(k for k in keys if olds.get(k) != news.get(k))
+        return sorted(k for k in keys if not self.same(k, olds.get(k), news.get(k)))
+
+    def drifted(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
+        """What the last refresh read back that differs from what `up` maintains."""
+        return [k for k, want in self.OBSERVED.items() if k in olds and olds[k] != want]
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = self.changed_keys(olds, news)
-        drifted = [k for k, want in self.OBSERVED.items() if k in olds and olds[k] != want]
         replaces = [k for k in changed if k in self.REPLACE_ON]
-        return DiffResult(
-            changes=bool(changed or drifted),
-            replaces=replaces,
-            stables=[k for k in news if k not in changed],
-            delete_before_replace=bool(replaces),
-        )
+        if changed:
+            # None: the engine diffs the inputs itself (respecting ignore_changes) and shows
+            # a reviewer only the changed leaves.
+            return DiffResult(changes=None, replaces=replaces, delete_before_replace=bool(replaces))
+        return DiffResult(changes=bool(self.drifted(olds, news)), replaces=[],
+                          stables=[k for k in news if not k.startswith("__")], delete_before_replace=False)
 
 
 def public(props: dict[str, Any]) -> dict[str, Any]:

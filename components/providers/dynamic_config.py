@@ -20,6 +20,7 @@ from typing import Any
 
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, UpdateResult
 
+from components import state_upgrade
 from components.providers.base import HostProvider, public
 from components.succession import Member, Succession, SyncMode, choose_successor, members_of
 from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
@@ -32,42 +33,47 @@ PG_LEVEL = ("use_pg_rewind", "use_slots")
 SUCCESSOR_TIMEOUT = 120.0
 
 
-def config_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """The PATCH body: every desired value, and null for what the stack no longer sets."""
-    old = old or {}
-    patch: dict[str, Any] = {k: new[k] for k in TOP_LEVEL if k in new}
-    patch.update({k: None for k in TOP_LEVEL if k in old and k not in new})
-    pg_old, pg_new = old.get("postgresql", {}), new.get("postgresql", {})
-    pg: dict[str, Any] = {k: pg_new[k] for k in PG_LEVEL if k in pg_new}
-    params = dict(pg_new.get("parameters", {}))
-    params.update({k: None for k in pg_old.get("parameters", {}) if k not in params})
+def desired_view(props: dict[str, Any]) -> dict[str, Any]:
+    """What the stack declares, in the flat shape refresh reads back: Patroni's settings
+    and every PostgreSQL parameter (reload- and restart-applied alike)."""
+    dcs = props.get("dcs") or {}
+    return {
+        "settings": {k: dcs[k] for k in (*TOP_LEVEL, *PG_LEVEL) if k in dcs},
+        "parameters": {**(props.get("parameters_reload") or {}), **(props.get("parameters_restart") or {})},
+    }
+
+
+def live_view(live: dict[str, Any], operator_parameters: list[str]) -> dict[str, Any]:
+    """GET /config in the same shape: every parameter except those left to operators, so
+    a parameter added by hand (`patronictl edit-config`) shows as drift."""
+    pg = live.get("postgresql") or {}
+    settings = {k: live[k] for k in TOP_LEVEL if k in live}
+    settings.update({k: pg[k] for k in PG_LEVEL if k in pg})
+    parameters = {k: str(v) for k, v in (pg.get("parameters") or {}).items()
+                  if k not in operator_parameters and v is not None}
+    return {"settings": settings, "parameters": parameters}
+
+
+def config_patch(live: dict[str, Any], props: dict[str, Any]) -> dict[str, Any] | None:
+    """The PATCH /config body that makes the DCS what the stack declares, or None when it
+    already is (a new cluster is seeded with the same settings by bootstrap.dcs).
+
+    Every declared value is sent; a setting or parameter the DCS holds and the stack does
+    not declare is sent as null, which deletes it, except parameters left to operators.
+    """
+    want = desired_view(props)
+    have = live_view(live, props.get("operator_parameters") or [])
+    if have == want:
+        return None
+    settings = want["settings"]
+    patch: dict[str, Any] = {k: settings[k] for k in TOP_LEVEL if k in settings}
+    patch.update({k: None for k in TOP_LEVEL if k in have["settings"] and k not in settings})
+    pg: dict[str, Any] = {k: settings[k] for k in PG_LEVEL if k in settings}
+    params: dict[str, Any] = dict(want["parameters"])
+    params.update({k: None for k in have["parameters"] if k not in params})
     pg["parameters"] = params
     patch["postgresql"] = pg
     return patch
-
-
-def managed_view(live: dict[str, Any], managed: dict[str, Any]) -> dict[str, Any]:
-    """The live /config restricted to what the stack manages, for refresh and drift."""
-    view = {k: live[k] for k in TOP_LEVEL if k in live}
-    pg_live = live.get("postgresql", {}) or {}
-    params = {k: str(v) for k, v in (pg_live.get("parameters") or {}).items()
-              if k in managed.get("postgresql", {}).get("parameters", {})}
-    view["postgresql"] = {**{k: pg_live[k] for k in PG_LEVEL if k in pg_live}, "parameters": params}
-    return view
-
-
-def needs_patch(live: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether PATCH /config would change anything: a new cluster is seeded with the same
-    settings by bootstrap.dcs, and then neither the PATCH nor the wait for it is needed."""
-    if managed_view(live, new) != new:
-        return True
-    old = old or {}
-    if any(k in live for k in TOP_LEVEL if k in old and k not in new):
-        return True
-    live_params = (live.get("postgresql") or {}).get("parameters") or {}
-    new_params = new.get("postgresql", {}).get("parameters", {})
-    return any(k in live_params and k not in new_params
-               for k in old.get("postgresql", {}).get("parameters", {}))
 
 
 class Cluster:
@@ -200,7 +206,7 @@ def settle(cluster: Cluster, props: dict[str, Any], expect_restart: bool) -> Non
     time.sleep(1.0)
     if not expect_restart:
         return
-    loop_wait = min(int(props["dcs"].get("loop_wait", 10)), 10)
+    loop_wait = min(int((props.get("dcs") or {}).get("loop_wait", 10)), 10)
     try:
         wait_for(lambda: all(m.get("pending_restart") for m in cluster.members()), timeout=loop_wait + 2,
                  interval=0.5, what="every member flagging pending_restart", host=props["scope"])
@@ -213,25 +219,35 @@ class DynamicConfigProvider(HostProvider):
     # Routing and preference, not settings: any live etcd member will do, and the
     # preferred leader is the PatroniLeader resource's change.
     CREATE_ONLY = frozenset({"etcd_endpoints", "leader"})
-    OUTPUTS = frozenset({"restarted", "pending_restart"})
+    # `live`: the DCS as the last refresh (or `up`) read it, in desired_view's shape.
+    OUTPUTS = frozenset({"restarted", "pending_restart", "live"})
+
+    def upgrade(self, props: dict[str, Any]) -> dict[str, Any]:
+        return state_upgrade.dynamic_config(props)
+
+    def drifted(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
+        live = olds.get("live")
+        return ["live"] if live is not None and live != desired_view(news) else []
 
     def _apply(self, olds: dict[str, Any] | None, props: dict[str, Any]) -> dict[str, Any]:
-        old = (olds or {}).get("dcs")
-        olds_restart = (olds or {}).get("restart_required")
+        old = self.upgrade(olds) if olds else {}
         cluster = Cluster(props)
         api = cluster.api()
-        if needs_patch(api.config(), old, props["dcs"]):
-            resp = api.patch_config(config_patch(old, props["dcs"]))
+        patch = config_patch(api.config(), props)
+        if patch is not None:
+            resp = api.patch_config(patch)
             if resp.status_code != 200:
                 raise SshError(props["scope"], "PATCH /config", f"HTTP {resp.status_code} {resp.text[:300]}")
-            settle(cluster, props, expect_restart=olds_restart != props.get("restart_required"))
+            settle(cluster, props,
+                   expect_restart=old.get("parameters_restart") != props.get("parameters_restart"))
         restarted: list[str] = []
         if props.get("restart_policy", "rolling") == "rolling":
             wait_for(lambda: all(m.get("state") in ("running", "streaming") for m in cluster.members()),
                      timeout=120, interval=1, what="every member running", host=props["scope"])
             restarted = rolling_restart(cluster, props.get("leader"))
         pending = sorted(m["name"] for m in cluster.members() if m.get("pending_restart"))
-        return {**public(props), "restarted": restarted, "pending_restart": pending}
+        return {**public(props), "restarted": restarted, "pending_restart": pending,
+                "live": desired_view(props)}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(id_=f"{props['scope']}/config", outs=self._apply(None, props))
@@ -240,10 +256,11 @@ class DynamicConfigProvider(HostProvider):
         return UpdateResult(outs=self._apply(olds, news))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """Refresh: what the DCS holds, including parameters added by hand, as `live`."""
         outs = dict(props)
         try:
             cluster = Cluster(props)
-            outs["dcs"] = managed_view(cluster.api().config(), props.get("dcs", {}))
+            outs["live"] = live_view(cluster.api().config(), props.get("operator_parameters") or [])
             outs["pending_restart"] = sorted(m["name"] for m in cluster.members() if m.get("pending_restart"))
         except (RestError, SshError):
             pass
@@ -265,6 +282,8 @@ class LeaderProvider(HostProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         result = super().diff(_id, olds, news)
+        if result.changes is None:  # inputs changed: the engine shows which
+            return result
         moved = bool(news.get("leader")) and olds.get("current_leader") not in (None, news.get("leader"))
         return DiffResult(changes=bool(result.changes or moved), replaces=result.replaces,
                           delete_before_replace=result.delete_before_replace)

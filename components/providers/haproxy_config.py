@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
-from components import render
+from components import render, state_upgrade
 from components.providers.base import HostProvider, public
 from components.transport.ssh import Ssh, SshError, wait_for
 
@@ -44,6 +44,9 @@ def primaries_up(props: dict[str, Any]) -> list[str]:
 class HAProxyConfigProvider(HostProvider):
     OBSERVED: ClassVar[dict[str, Any]] = {"config_matches": True, "running": True}
     OUTPUTS = frozenset({"primary_at_apply"})
+
+    def upgrade(self, props: dict[str, Any]) -> dict[str, Any]:
+        return state_upgrade.haproxy_config(props)
 
     def _apply(self, ssh: Ssh, props: dict[str, Any]) -> None:
         text = render.haproxy_cfg(props)
@@ -93,7 +96,7 @@ class HAProxyConfigProvider(HostProvider):
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
                 text = ssh.run(f"cat {CONFIG}", step="read haproxy.cfg", check=False).stdout
-                outs["config_matches"] = text == render.haproxy_cfg(props)
+                outs["config_matches"] = text == render.haproxy_cfg(self.upgrade(props))
                 active = ssh.run("systemctl is-active haproxy", step="check haproxy", check=False)
                 outs["running"] = active.stdout.strip() == "active"
         except SshError:

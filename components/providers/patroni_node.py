@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
-from components import render
+from components import render, state_upgrade
 from components.handover import plan_handover
 from components.providers.base import HostProvider, public
 from components.providers.patroni_cluster import dcs_prefix, pgha_prefix
@@ -70,6 +70,11 @@ class PatroniNodeProvider(HostProvider):
     REPLACE_ON = frozenset({"name", "address", "scope", "namespace", "data_dir", "pg_port"})
     OBSERVED: ClassVar[dict[str, Any]] = {"running": True}
     OUTPUTS = frozenset({"role", "timeline", "patroni_version"})
+
+    def same(self, key: str, old: Any, new: Any) -> bool:
+        if key == "pg_hba":
+            return state_upgrade.same_pg_hba(old, new)
+        return super().same(key, old, new)
 
     def _write_config(self, ssh: Ssh, props: dict[str, Any]) -> bool:
         data_dir = shlex.quote(props["data_dir"])

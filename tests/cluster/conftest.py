@@ -125,23 +125,18 @@ class ProjectCopy:
         return self.cli.run(*args, "--stack", self.stack, check=check)
 
     def preview_changes(self) -> dict[str, dict[str, list[str]]]:
-        """What a reviewer reads in `pulumi preview --diff`: {op: {resource name: changed keys}}.
+        """What a reviewer reads in `pulumi preview --diff`: {op: {resource name: changed inputs}}.
 
-        Dynamic providers report no detailed diff, so an update's keys are the inputs
-        whose old and new values differ (what the CLI shows).
+        The inputs are the top-level names of the engine's property-level diff (what the CLI
+        shows); an update found only by a refresh (drift) lists none.
         """
         out = json.loads(self.run("preview", "--json").stdout)
         changes: dict[str, dict[str, list[str]]] = {}
         for step in out.get("steps", []):
             if step["op"] == "same":
                 continue
-            keys: set[str] = set()
-            if step["op"] == "update":
-                old = (step.get("oldState") or {}).get("inputs") or {}
-                new = (step.get("newState") or {}).get("inputs") or {}
-                keys = {k for k in set(old) | set(new) if not k.startswith("__") and old.get(k) != new.get(k)}
-                keys |= {re.split(r"[.\[]", k)[0] for k in step.get("detailedDiff") or {}}
-                keys |= set(step.get("diffReasons") or [])
+            keys = {re.split(r"[.\[]", k)[0] for k in step.get("detailedDiff") or {}}
+            keys |= set(step.get("diffReasons") or []) if step["op"] != "update" else set()
             changes.setdefault(step["op"], {})[step["urn"].rsplit("::", 1)[-1]] = sorted(keys)
         return changes
 

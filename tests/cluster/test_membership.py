@@ -113,7 +113,7 @@ def test_add_a_replica(scenario: Scenario) -> None:
     assert steps.get("update") == {
         "pgha-lab-cluster": ["members"],
         "pgha-lab-node-pg1": ["pg_hba"], "pgha-lab-node-pg2": ["pg_hba"], "pgha-lab-node-pg3": ["pg_hba"],
-        "pgha-lab-haproxy-pg4": ["servers"]}, steps
+        "pgha-lab-haproxy-pg4": ["primary_servers", "replica_servers"]}, steps
     assert set(steps) <= {"create", "update"}, steps
     wait_until(lambda: settled({"pg1", "pg2", "pg3", "pg5"}), timeout=60, what="pg5 streaming")
     assert set(haproxy_servers()["pgha-lab_primary"]) == {"pg1", "pg2", "pg3", "pg5"}
@@ -131,7 +131,7 @@ def test_remove_a_replica(scenario: Scenario) -> None:
     assert steps.get("update") == {
         "pgha-lab-cluster": ["members"],
         "pgha-lab-node-pg1": ["pg_hba"], "pgha-lab-node-pg2": ["pg_hba"], "pgha-lab-node-pg3": ["pg_hba"],
-        "pgha-lab-haproxy-pg4": ["servers"]}, steps
+        "pgha-lab-haproxy-pg4": ["primary_servers", "replica_servers"]}, steps
     wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=60, what="3 members again")
     assert "pg5" not in haproxy_servers()["pgha-lab_primary"]
     assert scenario.load.failures == [], scenario.load.failures[:5]

@@ -85,7 +85,7 @@ def test_reload_only_parameter_reaches_every_node_without_restart(ops: Ops) -> N
     ops.load.reset_counters()
     steps = ops.change(lambda c: c["postgresql"].setdefault("parameters", {}).update(
         log_min_duration_statement="250ms"))
-    assert steps.get("update") == {"pgha-lab-dynamic-config": ["dcs"]}, steps
+    assert steps.get("update") == {"pgha-lab-dynamic-config": ["parameters_reload"]}, steps
     for name, address in NODES.items():
         wait_until(lambda a=address: ops.show(a, "log_min_duration_statement") == "250ms", timeout=30,
                    what=f"log_min_duration_statement on {name}")
@@ -97,7 +97,7 @@ def test_restart_parameter_rolls_through_the_cluster(ops: Ops) -> None:
     leader_before = next(n for n, m in members().items() if m["role"] == "leader")
     ops.load.reset_counters()
     steps = ops.change(lambda c: c["postgresql"]["parameters"].update(shared_buffers="256MB"))
-    assert steps.get("update") == {"pgha-lab-dynamic-config": ["dcs", "restart_required"]}, steps
+    assert steps.get("update") == {"pgha-lab-dynamic-config": ["parameters_restart"]}, steps
     for name, address in NODES.items():
         assert ops.show(address, "shared_buffers") == "256MB", name
     after = members()
@@ -122,7 +122,7 @@ def test_manual_restart_policy_leaves_the_restart_to_the_operator(ops: Ops) -> N
 
     steps = ops.change(manual)
     assert list(steps.get("update", {})) == ["pgha-lab-dynamic-config"], steps
-    assert {"dcs", "restart_policy"} <= set(steps["update"]["pgha-lab-dynamic-config"]), steps
+    assert steps["update"]["pgha-lab-dynamic-config"] == ["parameters_restart", "restart_policy"], steps
     wait_until(lambda: all(m.get("pending_restart") for m in members().values()), timeout=30,
                what="every member pending_restart")
     for name, address in NODES.items():
@@ -141,10 +141,15 @@ def test_manual_restart_policy_leaves_the_restart_to_the_operator(ops: Ops) -> N
 
 
 def test_edit_config_by_hand_is_drift_that_refresh_shows_and_up_undoes(ops: Ops) -> None:
-    """`patronictl edit-config` behind the stack's back: the stack's settings win on the next up."""
+    """`patronictl edit-config` behind the stack's back: the stack owns the settings and the
+    parameters it declares as a whole, so a changed value and a parameter it does not declare
+    are both drift that `up` undoes; a parameter it leaves to operators is never touched."""
+    steps = ops.change(lambda c: c["postgresql"].update(operatorParameters=["deadlock_timeout"]))
+    assert steps.get("update") == {"pgha-lab-dynamic-config": ["operator_parameters"]}, steps
     planned = requests.get("http://10.77.0.11:8008/config", timeout=5).json()
     ops.lab.ssh("pg2", "sudo patronictl -c /etc/patroni/patroni.yml edit-config --force "
-                       "-s loop_wait=7 -p log_min_duration_statement=999ms >/dev/null")
+                       "-s loop_wait=7 -p log_min_duration_statement=999ms "
+                       "-p log_autovacuum_min_duration=5s -p deadlock_timeout=2s >/dev/null")
     wait_until(lambda: ops.show(NODES["pg1"], "log_min_duration_statement") == "999ms", timeout=30,
                what="the hand edit applied")
     ops.project.run("preview", "--expect-no-changes")  # a preview alone reads the state, not the hosts
@@ -157,6 +162,10 @@ def test_edit_config_by_hand_is_drift_that_refresh_shows_and_up_undoes(ops: Ops)
                    what=f"log_min_duration_statement back to 250ms on {name}")
     live = requests.get("http://10.77.0.11:8008/config", timeout=5).json()
     assert live["loop_wait"] == planned["loop_wait"], live
+    params = live["postgresql"]["parameters"]
+    assert "log_autovacuum_min_duration" not in params, "a parameter the stack does not declare stayed"
+    assert params.get("deadlock_timeout") == "2s", "a parameter left to operators was reset"
+    ops.project.run("refresh", "--yes", "--skip-preview")
     ops.project.run("preview", "--expect-no-changes")
 
 

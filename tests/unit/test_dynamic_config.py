@@ -17,8 +17,8 @@ from components.providers.dynamic_config import (
     Cluster,
     LeaderProvider,
     config_patch,
-    managed_view,
-    needs_patch,
+    desired_view,
+    live_view,
     rolling_restart,
     wait_for_successor,
 )
@@ -27,60 +27,105 @@ from components.transport.ssh import SshError
 from tests.unit.configs import lab_raw
 
 
-def desired() -> dict[str, Any]:
-    return specs.dynamic_config_spec(load_cluster_config(lab_raw(), set()))["dcs"]
+def desired(**raw_changes: Any) -> dict[str, Any]:
+    raw = lab_raw()
+    raw.update(raw_changes)
+    return specs.dynamic_config_spec(load_cluster_config(raw, set()))
 
 
-def as_bootstrapped(dcs: dict[str, Any]) -> dict[str, Any]:
+def as_bootstrapped(props: dict[str, Any]) -> dict[str, Any]:
     """GET /config of a cluster seeded from bootstrap.dcs, with what Patroni adds on its own."""
-    live = copy.deepcopy(dcs)
-    live["postgresql"]["parameters"]["max_connections"] = 150  # YAML may hand back a number
-    live["postgresql"]["parameters"]["unmanaged_by_pgha"] = "x"
-    live["check_timeline"] = False
-    return live
+    want = desired_view(props)
+    settings = dict(want["settings"])
+    pg = {k: settings.pop(k) for k in ("use_pg_rewind", "use_slots")}
+    params: dict[str, Any] = copy.deepcopy(want["parameters"])
+    params["max_connections"] = 150  # YAML may hand back a number
+    return {**settings, "check_timeline": False, "postgresql": {**pg, "parameters": params}}
 
 
 def test_a_freshly_bootstrapped_cluster_needs_no_patch() -> None:
-    dcs = desired()
-    assert managed_view(as_bootstrapped(dcs), dcs) == dcs
-    assert not needs_patch(as_bootstrapped(dcs), None, dcs)
+    props = desired()
+    assert live_view(as_bootstrapped(props), []) == desired_view(props)
+    assert config_patch(as_bootstrapped(props), props) is None
+
+
+def test_each_parameter_is_in_exactly_one_map_that_says_what_its_change_costs() -> None:
+    props = desired()
+    assert props["parameters_restart"]["shared_buffers"] == "128MB"
+    assert "shared_buffers" not in props["parameters_reload"]
+    assert props["parameters_reload"]["log_lock_waits"] == "on"
+    assert not set(props["parameters_reload"]) & set(props["parameters_restart"])
+    assert "restart_required" not in props
 
 
 def test_a_changed_or_missing_setting_needs_a_patch() -> None:
-    dcs = desired()
-    live = as_bootstrapped(dcs)
+    props = desired()
+    live = as_bootstrapped(props)
     live["postgresql"]["parameters"]["shared_buffers"] = "256MB"
-    assert needs_patch(live, dcs, dcs)
-    live = as_bootstrapped(dcs)
+    patch = config_patch(live, props)
+    assert patch is not None and patch["postgresql"]["parameters"]["shared_buffers"] == "128MB"
+    live = as_bootstrapped(props)
     del live["loop_wait"]
-    assert needs_patch(live, dcs, dcs)
+    assert config_patch(live, props) is not None
 
 
-def test_a_setting_dropped_from_the_stack_is_patched_away_only_while_live() -> None:
-    old = desired()
-    old["postgresql"]["parameters"]["log_min_duration_statement"] = "250ms"
-    new = desired()
-    live = as_bootstrapped(old)
-    assert needs_patch(live, old, new)
-    assert config_patch(old, new)["postgresql"]["parameters"]["log_min_duration_statement"] is None
-    del live["postgresql"]["parameters"]["log_min_duration_statement"]
-    assert not needs_patch(live, old, new)
+def test_a_parameter_added_by_hand_is_drift_and_patched_away() -> None:
+    props = desired()
+    live = as_bootstrapped(props)
+    live["postgresql"]["parameters"]["log_min_duration_statement"] = "999ms"
+    assert live_view(live, [])["parameters"]["log_min_duration_statement"] == "999ms"
+    patch = config_patch(live, props)
+    assert patch is not None and patch["postgresql"]["parameters"]["log_min_duration_statement"] is None
+    provider = dynamic_config.DynamicConfigProvider()
+    olds = {**props, "live": live_view(live, [])}
+    assert provider.drifted(olds, props) == ["live"]
+    assert provider.diff("id", olds, props).changes is True
+
+
+def test_a_parameter_left_to_operators_is_never_reset() -> None:
+    props = desired(postgresql={"operatorParameters": ["log_min_duration_statement"]})
+    assert props["operator_parameters"] == ["log_min_duration_statement"]
+    live = as_bootstrapped(props)
+    live["postgresql"]["parameters"]["log_min_duration_statement"] = "999ms"
+    assert config_patch(live, props) is None
+    assert "log_min_duration_statement" not in live_view(live, props["operator_parameters"])["parameters"]
 
 
 def test_a_top_level_key_dropped_from_the_stack_is_sent_as_null() -> None:
-    old, new = desired(), desired()
-    del new["maximum_lag_on_failover"]
-    patch = config_patch(old, new)
-    assert patch["maximum_lag_on_failover"] is None
-    assert needs_patch(as_bootstrapped(old), old, new)
+    props = desired()
+    live = as_bootstrapped(props)
+    del props["dcs"]["maximum_lag_on_failover"]
+    patch = config_patch(live, props)
+    assert patch is not None and patch["maximum_lag_on_failover"] is None
 
 
 def test_a_patch_carries_every_desired_value() -> None:
-    dcs = desired()
-    patch = config_patch(None, dcs)
-    assert patch["ttl"] == dcs["ttl"]
-    assert patch["postgresql"]["parameters"] == dcs["postgresql"]["parameters"]
-    assert None not in patch["postgresql"]["parameters"].values()
+    props = desired()
+    live = as_bootstrapped(props)
+    live["ttl"] = 99
+    patch = config_patch(live, props)
+    assert patch is not None
+    assert patch["ttl"] == props["dcs"]["ttl"]
+    assert patch["postgresql"]["parameters"] == {**props["parameters_reload"], **props["parameters_restart"]}
+
+
+def test_a_stack_stored_by_an_older_pgha_reads_as_unchanged() -> None:
+    """State written before the split (nested dcs + restart_required) is no change."""
+    props = desired()
+    want = desired_view(props)
+    settings = dict(want["settings"])
+    pg = {k: settings.pop(k) for k in ("use_pg_rewind", "use_slots")}
+    legacy = {k: v for k, v in props.items()
+              if k not in ("dcs", "parameters_reload", "parameters_restart", "operator_parameters")}
+    legacy["dcs"] = {**settings, "postgresql": {**pg, "parameters": want["parameters"]}}
+    legacy["restart_required"] = dict(props["parameters_restart"])
+    provider = dynamic_config.DynamicConfigProvider()
+    assert provider.changed_keys(legacy, props) == []
+    assert provider.diff("id", legacy, props).changes is False
+    changed = desired()
+    changed["parameters_restart"]["shared_buffers"] = "256MB"
+    result = provider.diff("id", legacy, changed)
+    assert result.changes is None and not result.replaces  # the engine shows the leaf
 
 
 @dataclass

@@ -11,7 +11,6 @@ import copy
 import hashlib
 import hmac
 import re
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -41,39 +40,46 @@ def _lab(extra_hosts: tuple[dict[str, Any], ...] = ()) -> ClusterConfig:
 
 
 def test_pg_hba_adding_a_patroni_host_adds_exactly_its_two_lines() -> None:
-    """A new member needs replication and rewind access; nothing else may move."""
-    before = specs.pg_hba_lines(_lab())
-    after = specs.pg_hba_lines(_lab((NEW_HOST,)))
-    added = Counter(after) - Counter(before)
-    removed = Counter(before) - Counter(after)
-    assert not removed
-    assert sorted(" ".join(line.split()) for line in added.elements()) == [
-        "host all rewind_user 10.77.0.15/32 scram-sha-256",
-        "host replication replicator 10.77.0.15/32 scram-sha-256",
-    ]
-    assert [line for line in after if line in before] == before  # old lines keep their order
+    """A new member needs replication and rewind access; nothing else may move, so a
+    reviewer's diff of every existing node is two `+` entries named after the host."""
+    before = specs.pg_hba(_lab())
+    after = specs.pg_hba(_lab((NEW_HOST,)))
+    assert {k: v for k, v in after.items() if k in before} == before
+    added = {k: " ".join(v.split()) for k, v in after.items() if k not in before}
+    assert added == {
+        "20 replication pg5": "host replication replicator 10.77.0.15/32 scram-sha-256",
+        "30 rewind pg5": "host all rewind_user 10.77.0.15/32 scram-sha-256",
+    }
 
 
-def test_pg_hba_extra_lines_are_normalised_and_last() -> None:
-    """Operator lines come after pgha's own, with whitespace collapsed."""
+def test_pg_hba_file_order_keeps_the_runbook_order() -> None:
+    lines = [" ".join(line.split()) for line in specs.hba_lines(specs.pg_hba(_lab()))]
+    assert lines[:2] == ["local all postgres peer", "local all all scram-sha-256"]
+    assert lines.index("host replication replicator 10.77.0.11/32 scram-sha-256") < \
+        lines.index("host all rewind_user 10.77.0.11/32 scram-sha-256") < \
+        lines.index("host all all 10.77.0.14/32 scram-sha-256") < \
+        lines.index("host all all 10.77.0.0/24 scram-sha-256")
+
+
+def test_pg_hba_extra_lines_are_normalised_last_and_in_stack_order() -> None:
+    """Operator lines come after pgha's own, with whitespace collapsed, in the order given."""
     raw = lab_raw()
-    raw["pgHba"] = ["hostssl   app   app   10.9.0.0/16    scram-sha-256"]
-    lines = specs.pg_hba_lines(load_cluster_config(raw, set()))
-    assert lines[-1] == "hostssl app app 10.9.0.0/16 scram-sha-256"
+    raw["pgHba"] = [f"hostssl   app{i}   app   10.9.0.0/16    scram-sha-256" for i in range(12)]
+    lines = specs.hba_lines(specs.pg_hba(load_cluster_config(raw, set())))
+    assert lines[-12:] == [f"hostssl app{i} app 10.9.0.0/16 scram-sha-256" for i in range(12)]
 
 
 def test_haproxy_servers_follow_the_patroni_hosts() -> None:
-    """HAProxy balances over exactly the Patroni hosts, in stack order."""
+    """HAProxy balances over exactly the Patroni hosts; one entry per host and backend."""
     before = specs.haproxy_spec(_lab())
-    assert [(s["name"], s["address"], s["pg_port"], s["api_port"]) for s in before["servers"]] == [
-        ("pg1", "10.77.0.11", 5432, 8008),
-        ("pg2", "10.77.0.12", 5432, 8008),
-        ("pg3", "10.77.0.13", 5432, 8008),
-    ]
+    assert before["primary_servers"] == before["replica_servers"] == {
+        "pg1": "10.77.0.11:5432 maxconn 150 check port 8008",
+        "pg2": "10.77.0.12:5432 maxconn 150 check port 8008",
+        "pg3": "10.77.0.13:5432 maxconn 150 check port 8008",
+    }
     after = specs.haproxy_spec(_lab((NEW_HOST,)))
-    assert [s["name"] for s in after["servers"]] == ["pg1", "pg2", "pg3", "pg5"]
-    assert after["servers"][:3] == before["servers"]
-    assert after["global_maxconn"] >= after["maxconn"] * 2 * 4
+    assert set(after["primary_servers"]) - set(before["primary_servers"]) == {"pg5"}
+    assert after["global_maxconn"] >= 150 * 2 * 4
 
 
 def test_etcd_member_spec_lists_every_founding_member() -> None:
@@ -133,14 +139,36 @@ def test_diff_ignores_create_only_bootstrap() -> None:
 
 
 def test_diff_pg_hba_is_an_update_in_place() -> None:
-    """A pg_hba change rewrites patroni.yml and reloads: no replacement."""
+    """A pg_hba change rewrites patroni.yml and reloads: no replacement. The provider
+    answers "unknown" so that the engine shows the reviewer only the changed entries."""
     olds, news = _patroni_olds_news()
-    news["pg_hba"] = [*news["pg_hba"], "host all all 10.9.0.0/16 scram-sha-256"]
+    news["pg_hba"] = {**news["pg_hba"], "60 pgHba[0]": "host all all 10.9.0.0/16 scram-sha-256"}
     result = PatroniNodeProvider().diff("pgha-lab/pg1", olds, news)
-    assert result.changes is True
+    assert result.changes is None
     assert result.replaces == []
     assert result.delete_before_replace is False
-    assert "pg_hba" not in (result.stables or [])
+
+
+def test_diff_pg_hba_stored_as_a_list_by_an_older_pgha_is_no_change() -> None:
+    olds, news = _patroni_olds_news()
+    olds["pg_hba"] = specs.hba_lines(news["pg_hba"])
+    assert PatroniNodeProvider().diff("pgha-lab/pg1", olds, news).changes is False
+    news["pg_hba"] = {**news["pg_hba"], "20 replication pg5": "host replication replicator 10.77.0.15/32"}
+    assert PatroniNodeProvider().diff("pgha-lab/pg1", olds, news).changes is None
+
+
+def test_haproxy_servers_stored_as_a_list_by_an_older_pgha_are_no_change() -> None:
+    cfg = _lab()
+    news = {"connection": specs.connection(cfg.hosts[3]), **specs.haproxy_spec(cfg)}
+    olds = {k: v for k, v in news.items() if k not in ("primary_servers", "replica_servers")}
+    olds["maxconn"] = 150
+    olds["servers"] = [{"name": h.name, "address": h.address, "pg_port": 5432, "api_port": 8008}
+                       for h in cfg.with_role("patroni")]
+    olds.update({"config_matches": True, "running": True, "primary_at_apply": "pg1"})
+    assert HAProxyConfigProvider().diff("h", olds, news).changes is False
+    news["replica_servers"] = {**news["replica_servers"],
+                               "pg5": "10.77.0.15:5432 maxconn 150 check port 8008"}
+    assert HAProxyConfigProvider().diff("h", olds, news).changes is None
 
 
 def test_diff_address_change_replaces_delete_first() -> None:
@@ -148,7 +176,7 @@ def test_diff_address_change_replaces_delete_first() -> None:
     olds, news = _patroni_olds_news()
     news["address"] = "10.77.0.21"
     result = PatroniNodeProvider().diff("pgha-lab/pg1", olds, news)
-    assert result.changes is True
+    assert result.changes is None
     assert result.replaces == ["address"]
     assert result.delete_before_replace is True
 
@@ -224,7 +252,7 @@ def test_database_role_rename_replaces() -> None:
     assert result.replaces == ["name"]
     news = {**olds, "options": ["CREATEDB", "CREATEROLE"]}
     result = DatabaseRoleProvider().diff("r", olds, news)
-    assert (result.changes, result.replaces) == (True, [])
+    assert (result.changes, result.replaces) == (None, [])
 
 
 def test_diff_removed_input_is_a_change() -> None:
@@ -238,13 +266,13 @@ def test_diff_removed_input_is_a_change() -> None:
             "installed_version": "4.1.5", "installed_version_ok": True}
     news = {"connection": specs.connection(host), **specs.patroni_install_spec(without_proxy, host)}
     assert "proxy" in olds and "proxy" not in news
-    assert PatroniInstallProvider().diff("i", olds, news).changes is True
+    assert PatroniInstallProvider().diff("i", olds, news).changes is None  # engine: input removed
 
 
 def test_base_provider_has_no_special_keys() -> None:
     """The generic provider compares every input (sanity check of the class attributes)."""
     provider = HostProvider()
-    assert provider.diff("x", {"a": 1}, {"a": 2}).changes is True
+    assert provider.diff("x", {"a": 1}, {"a": 2}).changes is None  # the engine shows a: 1 => 2
     assert provider.diff("x", {"a": 1}, {"a": 1}).changes is False
 
 
