@@ -16,6 +16,11 @@ tools:
 venv:
 	@scripts/setup-venv
 
+## policy-venv: the policy pack's own virtualenv (policy/.venv; pulumi-policy pins another protobuf)
+.PHONY: policy-venv
+policy-venv:
+	@scripts/setup-policy-venv
+
 lab-deps:
 	@scripts/lab-deps
 
