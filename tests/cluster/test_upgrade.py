@@ -1,0 +1,107 @@
+"""Upgrading pgha under a deployed stack.
+
+A stack deployed by the release before the review-shaped inputs (BASELINE: keyed pg_hba,
+per-backend HAProxy servers, split parameters), then `pulumi up` with today's program:
+nothing is replaced, deleted or updated and no host is contacted. The next real change
+is shown leaf by leaf and applied.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import Lab
+from scripts.lab_stack import LAB_PASSPHRASE, link_wheelhouse
+from tests.cluster.conftest import NODES, ssh_accepts, wait_until
+from tests.conftest import ROOT, PulumiCli
+
+pytestmark = pytest.mark.cluster
+
+BASELINE = "c244e34"  # main before the review-shaped inputs
+PROGRAM = ("Pulumi.yaml", "__main__.py", "components", "templates")
+
+
+def _baseline_tree(dest: Path) -> None:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", BASELINE, *PROGRAM,
+                              "stacks/Pulumi.lab.yaml"], capture_output=True, check=False)
+    if archive.returncode != 0:
+        pytest.fail(f"git archive {BASELINE} failed (a clone with history is needed): "
+                    f"{archive.stderr.decode()[-500:]}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def _install_today(project: Path) -> None:
+    for name in PROGRAM:
+        target = project / name
+        if target.is_dir():
+            shutil.rmtree(target)
+            shutil.copytree(ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, target)
+
+
+@dataclass
+class Upgrade:
+    lab: Lab
+    cli: PulumiCli
+    project: Path
+
+
+@pytest.fixture(scope="module")
+def upgrade(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[Upgrade]:
+    base = tmp_path_factory.mktemp("upgrade")
+    project = base / "project"
+    project.mkdir()
+    _baseline_tree(project)
+    (project / ".venv").symlink_to(ROOT / ".venv")
+    lab = Lab.up(4)
+    cli = PulumiCli(project, base / "state", passphrase=LAB_PASSPHRASE)
+    try:
+        link_wheelhouse(lab)
+        cli.run("stack", "init", "lab")
+        cli.run("up", "--yes", "--skip-preview", "--stack", "lab")
+        _install_today(project)
+        yield Upgrade(lab=lab, cli=cli, project=project)
+        cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab", check=False)
+    finally:
+        Lab.down()
+
+
+def test_up_with_the_new_program_changes_nothing_and_opens_no_ssh(upgrade: Upgrade) -> None:
+    before = ssh_accepts(upgrade.lab)
+    preview = upgrade.cli.run("preview", "--stack", "lab", "--expect-no-changes", "--diff")
+    up = upgrade.cli.run("up", "--yes", "--stack", "lab", "--expect-no-changes", "--skip-preview")
+    after = ssh_accepts(upgrade.lab)
+    assert after - before == len(upgrade.lab.hosts), "the upgrade's up opened SSH sessions"
+    for out in (preview.stdout, up.stdout):
+        assert "unchanged" in out and "to update" not in out and "to replace" not in out, out
+
+
+def test_the_next_change_reads_leaf_by_leaf(upgrade: Upgrade) -> None:
+    stack_file = upgrade.project / "stacks" / "Pulumi.lab.yaml"
+    text = stack_file.read_text()
+    assert "shared_buffers: 128MB" in text
+    stack_file.write_text(text.replace("shared_buffers: 128MB", "shared_buffers: 128MB\n      work_mem: 8MB"))
+    diff = upgrade.cli.run("preview", "--diff", "--stack", "lab").stdout
+    changed = [line.strip() for line in diff.splitlines() if line.lstrip().startswith(("~", "+", "-"))]
+    assert changed == [
+        "~ pulumi-python:dynamic/pgha:PatroniDynamicConfig: (update)",
+        "~ parameters_reload: {",
+        '+ work_mem: "8MB"',
+        "~ 1 to update",
+    ], diff
+    upgrade.cli.run("up", "--yes", "--skip-preview", "--stack", "lab")
+    for name, address in NODES.items():
+        wait_until(lambda a=address, n=name: upgrade.lab.ssh(
+            n, "sudo -u postgres psql -XAtc 'SHOW work_mem'").stdout.strip() == "8MB",
+            timeout=30, what=f"work_mem on {name} ({address})")
+    upgrade.cli.run("preview", "--stack", "lab", "--expect-no-changes")
