@@ -2,9 +2,10 @@
 
 With `dcs.synchronousMode: true` only the synchronous standby may take over (Patroni answers
 412 to a switchover to anyone else). Three etcd+Patroni hosts and HAProxy; a write load
-through HAProxy records every acknowledged commit. Round after round, with the leader on
-each host in turn: a restart-only parameter (the rolling restart's switchover), then the
-leader's host removed (its node hands over first) and added back. Finally `destroy`. Every
+through HAProxy records every acknowledged commit. With the leader placed on each
+host in turn (nosync tags, then `pgha:leader`, as an operator would): the leader's host
+removed (its node hands over first) and added back, then a restart-only parameter (the
+rolling restart's switchover). Finally `destroy`. Every
 `up` succeeds and no acknowledged write is lost.
 """
 
@@ -28,7 +29,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
 
 HOSTS = [host("pg1", ["etcd", "patroni"]), host("pg2", ["etcd", "patroni"]),
          host("pg3", ["etcd", "patroni"]), host("pg4", ["haproxy"])]
-MAX_ROUNDS = 6
 
 
 def members() -> dict[str, dict[str, Any]]:
@@ -90,38 +90,59 @@ def sync(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator
         Lab.down()
 
 
+def place_leader(sync: Sync, target: str) -> None:
+    """Move the leader to `target` the way an operator would in synchronous mode: tag the
+    other replicas `nosync` until Patroni makes `target` the sync standby, then `pgha:leader`."""
+    if leader() == target:
+        return
+    others = {n for n in ("pg1", "pg2", "pg3") if n not in (target, leader())}
+
+    def tag(c: dict[str, Any], nosync: set[str]) -> None:
+        c["hosts"] = [dict(h, tags={"nosync": True}) if h["name"] in nosync
+                      else {k: v for k, v in h.items() if k != "tags"} for h in c["hosts"]]
+
+    sync.up(lambda c: tag(c, others))
+    wait_until(lambda: members()[target]["role"] == "sync_standby", timeout=60,
+               what=f"{target} as the sync standby")
+    sync.up(lambda c: c.update(leader=target))
+    assert leader() == target
+    sync.up(lambda c: (tag(c, set()), c.pop("leader", None)))
+    wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=60, what="settled after the placement")
+
+
 def test_restart_and_leader_removal_hand_over_to_the_sync_standby(sync: Sync) -> None:
     buffers = ["160MB", "128MB"]
-    for round_ in range(MAX_ROUNDS):
-        # A restart-only parameter: replicas restart, then a switchover to the sync standby.
-        sync.load.reset_counters()
-        before = leader()
-        sync.up(lambda c, b=buffers[round_ % 2]: c["postgresql"]["parameters"].update(shared_buffers=b))
-        wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=90, what="settled after the restart")
-        assert not any(m.get("pending_restart") for m in members().values()), members()
-        print(f"\nround {round_}: rolling restart, leader {before} -> {leader()}, "
-              f"write outage {sync.load.longest_window():.2f}s")
-
+    restarted_under: list[str] = []
+    for round_, target in enumerate(("pg1", "pg2", "pg3")):
         # Remove the leader's Patroni node (its host keeps its etcd member): it hands over
         # to the sync standby first.
-        gone = leader()
-        sync.led.append(gone)
-        sync.up(lambda c, g=gone: c.update(
+        place_leader(sync, target)
+        sync.load.reset_counters()
+        sync.led.append(target)
+        sync.up(lambda c, g=target: c.update(
             hosts=[dict(h, roles=["etcd"]) if h["name"] == g else h for h in c["hosts"]]))
-        staying = {"pg1", "pg2", "pg3"} - {gone}
+        staying = {"pg1", "pg2", "pg3"} - {target}
         wait_until(lambda s=staying: set(members()) == s and leader() in s, timeout=90,
-                   what=f"{gone} gone, a staying member leading")
-        print(f"round {round_}: removed leader {gone}, new leader {leader()}, "
+                   what=f"{target} gone, a staying member leading")
+        print(f"\nround {round_}: removed leader {target}, new leader {leader()}, "
               f"write outage {sync.load.longest_window():.2f}s")
         assert sync.load.missing() == [], "acknowledged writes lost"
         sync.load.assert_progressing()
-
         sync.up(lambda c: c.update(hosts=list(HOSTS)))
         wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=120, what="three members again")
-        if {"pg1", "pg2", "pg3"} <= set(sync.led):
-            break
-    assert {"pg1", "pg2", "pg3"} <= set(sync.led), f"the leader was not on every host in turn: {sync.led}"
-    assert sync.load.missing() == [], "acknowledged writes lost"
+
+        # A restart-only parameter: replicas restart, then a switchover to the sync standby.
+        sync.load.reset_counters()
+        before = leader()
+        restarted_under.append(before)
+        sync.up(lambda c, b=buffers[round_ % 2]: c["postgresql"]["parameters"].update(shared_buffers=b))
+        wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=90, what="settled after the restart")
+        assert not any(m.get("pending_restart") for m in members().values()), members()
+        print(f"round {round_}: rolling restart, leader {before} -> {leader()}, "
+              f"write outage {sync.load.longest_window():.2f}s")
+        assert sync.load.missing() == [], "acknowledged writes lost"
+    assert sync.led == ["pg1", "pg2", "pg3"]
+    assert len(set(restarted_under)) >= 2, f"every rolling restart ran under one leader: {restarted_under}"
 
 
 def test_destroy_in_synchronous_mode_completes(sync: Sync) -> None:
