@@ -42,6 +42,11 @@ unit: venv
 lint: venv
 	@$(ENV) ruff check .
 
+## review: the pull-request comment CI posts for one stack (make review STACK=staging -> out/review-staging.md)
+.PHONY: review
+review: tools venv policy-venv
+	@$(ENV) scripts/review-stack "$(STACK)"
+
 ## lock: regenerate requirements.txt from requirements.in
 lock:
 	@scripts/setup-venv --lock

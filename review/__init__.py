@@ -1,0 +1,1 @@
+"""Review summaries of `pulumi preview --json` for pull requests (python -m review)."""

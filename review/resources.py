@@ -1,0 +1,113 @@
+"""pgha's resources as a reviewer names them: `PatroniNode pg5`, and what a created or
+deleted one is in a few words (its address, its version...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from review.preview import Preview, Step
+from review.properties import normalized_inputs, text
+
+# The dynamic resources `up` acts on, in the order the README lists them.
+KINDS = ("MembershipGuard", "EtcdMember", "PatroniCluster", "PatroniInstall", "PatroniBootstrap",
+         "PatroniNode", "PatroniDynamicConfig", "PatroniLeader", "HAProxyConfig", "DatabaseRole",
+         "GeneratedPassword")
+# Resources whose `name` input is the host's or the role's name.
+_NAMED_BY_INPUT = ("EtcdMember", "PatroniNode", "PatroniBootstrap", "DatabaseRole")
+# The part of a resource name after `<scope>-` that precedes the host or role name.
+_NAME_PREFIX = {"EtcdMember": "etcd-", "PatroniInstall": "install-", "PatroniNode": "node-",
+                "HAProxyConfig": "haproxy-", "DatabaseRole": "role-"}
+
+
+def is_logical(step: Step) -> bool:
+    """Components (`pgha:index:PatroniCluster` too), the stack and providers: nothing happens on a host."""
+    return not step.custom or step.type.startswith("pulumi:providers:")
+
+
+def scope_of(preview: Preview) -> str:
+    for step in preview.steps:
+        scope = step.inputs.get("scope")
+        if isinstance(scope, str) and scope:
+            return scope
+    return next((s.name for s in preview.steps if s.kind == "PostgresHaCluster"), "")
+
+
+@dataclass(frozen=True)
+class Named:
+    """A resource's kind and its short name (host, role or purpose)."""
+
+    kind: str
+    short: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.short}" if self.short else self.kind
+
+
+def short_name(step: Step, scope: str) -> str:
+    """The host a host resource sits on, the role's name, or '' for cluster-wide ones."""
+    name = step.inputs.get("name")
+    if step.kind in _NAMED_BY_INPUT and isinstance(name, str):
+        return name
+    prefix = _NAME_PREFIX.get(step.kind)
+    if prefix is not None:
+        return step.name.removeprefix(f"{scope}-").removeprefix(prefix)
+    if step.kind == "GeneratedPassword":
+        purpose = str(step.inputs.get("purpose") or step.name.removeprefix(f"{scope}-"))
+        return purpose.replace("role-", "role ", 1) if purpose.startswith("role-") else purpose
+    if step.kind not in KINDS:  # a resource this summary does not know: its name, without the scope
+        return step.name.removeprefix(f"{scope}-") if step.name != scope else ""
+    return ""
+
+
+def named(step: Step, scope: str) -> Named:
+    return Named(step.kind, short_name(step, scope))
+
+
+def role_words(inputs: dict[str, Any]) -> str:
+    """`CREATEDB CREATEROLE LOGIN`: a role's attributes as CREATE ROLE spells them."""
+    login = "LOGIN" if inputs.get("login", True) else "NOLOGIN"
+    return " ".join([*(str(o) for o in inputs.get("options") or []), login])
+
+
+def _endpoint(inputs: dict[str, Any], port_key: str) -> str:
+    return f"{inputs.get('address', '?')}:{text(inputs.get(port_key, '?'))}"
+
+
+def describe(step: Step) -> str:
+    """What a created (or deleted) resource is, in a few words, from its inputs."""
+    i = step.inputs
+    match step.kind:
+        case "EtcdMember":
+            return f"client {_endpoint(i, 'client_port')}, peer port {text(i.get('peer_port'))}"
+        case "PatroniNode":
+            tags = [k for k, v in (i.get("tags") or {}).items() if v is True]
+            extra = f", tags {', '.join(tags)}" if tags else ""
+            return f"PostgreSQL {_endpoint(i, 'pg_port')}, data {i.get('data_dir', '?')}{extra}"
+        case "PatroniInstall":
+            return f"Patroni {i.get('version', '?')} ({i.get('method', '?')}) in {i.get('venv', '?')}"
+        case "PatroniBootstrap":
+            return f"first host {i.get('name', '?')}"
+        case "HAProxyConfig":
+            servers = ", ".join(normalized_inputs(step.kind, i).get("primary_servers") or {})
+            return (f"primary :{text(i.get('primary_port'))}, replicas :{text(i.get('replica_port'))}, "
+                    f"servers {servers or 'none'}")
+        case "DatabaseRole":
+            return role_words(i)
+        case "PatroniCluster":
+            return f"members {', '.join(i.get('members') or []) or 'none'}"
+        case "MembershipGuard":
+            return f"etcd members {', '.join(i.get('etcd_members') or []) or 'none'}"
+        case "PatroniDynamicConfig":
+            today = normalized_inputs(step.kind, i)
+            count = len(today.get("parameters_reload") or {}) + len(today.get("parameters_restart") or {})
+            return f"{count} parameters, restartPolicy {i.get('restart_policy', 'rolling')}"
+        case "PatroniLeader":
+            return f"leader {i['leader']}" if i.get("leader") else "no preferred leader"
+        case "GeneratedPassword":
+            return f"{text(i.get('length'))} characters, kept encrypted in the state"
+    # A type this summary does not know: its first plain inputs.
+    plain = [f"{k}={text(v, 40)}" for k, v in sorted(i.items())
+             if k not in ("scope", "secrets", "connection") and not k.startswith("__")
+             and not isinstance(v, (dict, list)) and v != "[secret]"]
+    return ", ".join(plain[:4])
