@@ -77,8 +77,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
     lab = Lab.up(4)
     try:
         link_wheelhouse(lab)
-        cli = PulumiCli(ROOT, tmp_path_factory.mktemp("cluster-state"), passphrase=LAB_PASSPHRASE)
-        cli.run("stack", "init", "lab")
+        project = ProjectCopy.with_stack(tmp_path_factory.mktemp("cluster"), "lab")
+        project.write_config(project.base_config)
+        cli = project.cli
         started = time.monotonic()
         cli.run("up", "--yes", "--skip-preview", "--stack", "lab")
         elapsed = time.monotonic() - started
@@ -89,7 +90,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
         Lab.down()
 
 
-LAB_STACK_FILE = ROOT / "stacks" / "Pulumi.lab.yaml"
+LAB_STACK_FILE = ROOT / "lab" / "stack.yaml"  # the lab stack's config, before make lab-up copies it
 
 
 class ProjectCopy:
@@ -107,7 +108,6 @@ class ProjectCopy:
         self.stack = stack
         self.cli = PulumiCli(self.dir, base / "state", passphrase=LAB_PASSPHRASE)
         lab_doc = yaml.safe_load(LAB_STACK_FILE.read_text())
-        self.salt = lab_doc["encryptionsalt"]
         self.base_config: dict[str, Any] = {k.removeprefix("pgha:"): v for k, v in lab_doc["config"].items()}
 
     @classmethod
@@ -118,8 +118,14 @@ class ProjectCopy:
         return project
 
     def write_config(self, config: dict[str, Any]) -> None:
-        doc = {"encryptionsalt": self.salt, "config": {f"pgha:{k}": v for k, v in config.items()}}
-        (self.dir / "stacks" / f"Pulumi.{self.stack}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        path = self.dir / "stacks" / f"Pulumi.{self.stack}.yaml"
+        # Keep the encryption salt `stack init` wrote: the state's secrets were made with it.
+        existing = yaml.safe_load(path.read_text()) if path.exists() else None
+        doc: dict[str, Any] = {}
+        if isinstance(existing, dict) and existing.get("encryptionsalt"):
+            doc["encryptionsalt"] = existing["encryptionsalt"]
+        doc["config"] = {f"pgha:{k}": v for k, v in config.items()}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.cli.run(*args, "--stack", self.stack, check=check)

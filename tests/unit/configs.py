@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-LAB_STACK = ROOT / "stacks" / "Pulumi.lab.yaml"
+LAB_STACK = ROOT / "lab" / "stack.yaml"
 PREFIX = "pgha:"
 
 PASSWORDS: dict[str, str] = {

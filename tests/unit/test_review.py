@@ -611,7 +611,7 @@ def test_review_stack_end_to_end(tmp_path: Path, pulumi_bin: Path) -> None:
     for name in ("env.sh", "review-stack"):
         shutil.copy(ROOT / "scripts" / name, project / "scripts" / name)
     (project / "stacks").mkdir()
-    shutil.copy(ROOT / "stacks" / "Pulumi.lab.yaml", project / "stacks" / "Pulumi.lab.yaml")
+    shutil.copy(ROOT / "lab" / "stack.yaml", project / "stacks" / "Pulumi.lab.yaml")
     for link in (".venv", ".tools"):
         (project / link).symlink_to(ROOT / link)
     # The review path runs the policy pack too, as CI does.
