@@ -48,6 +48,18 @@ def cluster_view(address: str = "10.77.0.11") -> dict[str, Any]:
     return requests.get(f"http://{address}:8008/cluster", timeout=5).json()
 
 
+def patroni_members(addresses: tuple[str, ...] = ("10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.15"),
+                    ) -> dict[str, dict[str, Any]]:
+    """Patroni's GET /cluster members by name, from the first node that answers."""
+    for address in addresses:
+        try:
+            view = requests.get(f"http://{address}:8008/cluster", timeout=3).json()
+            return {m["name"]: m for m in view["members"]}
+        except (requests.RequestException, ValueError):
+            continue
+    raise AssertionError("no Patroni node answers /cluster")
+
+
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -22,7 +22,7 @@ import requests
 from components.providers.haproxy_config import backend_status
 from lab import Lab
 from scripts.lab_stack import link_wheelhouse
-from tests.cluster.conftest import ProjectCopy, host, wait_until
+from tests.cluster.conftest import ProjectCopy, host, patroni_members, wait_until
 from tests.cluster.workload import WriteLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
@@ -48,16 +48,6 @@ class Scenario:
         steps = self.project.preview_changes()
         self.project.run("up", "--yes", "--skip-preview")
         return steps
-
-
-def patroni_members(address: str = "10.77.0.14") -> dict[str, dict[str, Any]]:
-    for candidate in ("10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.15"):
-        try:
-            view = requests.get(f"http://{candidate}:8008/cluster", timeout=3).json()
-            return {m["name"]: m for m in view["members"]}
-        except (requests.RequestException, ValueError):
-            continue
-    raise AssertionError("no Patroni node answers /cluster")
 
 
 def leader_name() -> str:

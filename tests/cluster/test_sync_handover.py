@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from lab import Lab
 from scripts.lab_stack import link_wheelhouse
-from tests.cluster.conftest import NODES, ProjectCopy, host, wait_until
+from tests.cluster.conftest import NODES, ProjectCopy, host, patroni_members, wait_until
 from tests.cluster.workload import WriteLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
@@ -32,13 +31,7 @@ HOSTS = [host("pg1", ["etcd", "patroni"]), host("pg2", ["etcd", "patroni"]),
 
 
 def members() -> dict[str, dict[str, Any]]:
-    for address in NODES.values():
-        try:
-            view = requests.get(f"http://{address}:8008/cluster", timeout=3).json()
-            return {m["name"]: m for m in view["members"]}
-        except (requests.RequestException, ValueError):
-            continue
-    raise AssertionError("no Patroni node answers /cluster")
+    return patroni_members(tuple(NODES.values()))
 
 
 def leader() -> str:
