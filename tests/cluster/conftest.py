@@ -118,6 +118,7 @@ class ProjectCopy:
         (self.dir / ".venv").symlink_to(ROOT / ".venv")
         (self.dir / "stacks").mkdir()
         self.stack = stack
+        self.last_review = ""
         self.cli = PulumiCli(self.dir, base / "state", passphrase=LAB_PASSPHRASE)
         lab_doc = yaml.safe_load(LAB_STACK_FILE.read_text())
         self.base_config: dict[str, Any] = {k.removeprefix("pgha:"): v for k, v in lab_doc["config"].items()}
@@ -146,11 +147,18 @@ class ProjectCopy:
         """What a reviewer reads in `pulumi preview --diff`: {op: {resource name: changed inputs}}.
 
         The inputs are the top-level names of the engine's property-level diff (what the CLI
-        shows); an update found only by a refresh (drift) lists none.
+        shows); an update found only by a refresh (drift) lists none. The same preview's
+        review summary (what CI posts on the pull request) is kept in `last_review`.
         """
-        out = json.loads(self.run("preview", "--json").stdout)
+        from review.markdown import render
+        from review.plan import build_plan
+        from review.preview import parse_preview
+
+        raw = self.run("preview", "--json", "--show-sames").stdout
+        preview = parse_preview(raw)
+        self.last_review = render(preview, build_plan(preview), self.stack, "")
         changes: dict[str, dict[str, list[str]]] = {}
-        for step in out.get("steps", []):
+        for step in json.loads(raw).get("steps", []):
             if step["op"] == "same":
                 continue
             keys = {re.split(r"[.\[]", k)[0] for k in step.get("detailedDiff") or {}}

@@ -105,6 +105,9 @@ def test_add_a_replica(scenario: Scenario) -> None:
         "pgha-lab-node-pg1": ["pg_hba"], "pgha-lab-node-pg2": ["pg_hba"], "pgha-lab-node-pg3": ["pg_hba"],
         "pgha-lab-haproxy-pg4": ["primary_servers", "replica_servers"]}, steps
     assert set(steps) <= {"create", "update"}, steps
+    review = scenario.project.last_review
+    assert "pg_hba reloaded on pg1, pg2, pg3 (admits pg5)" in review, review
+    assert "pg5 clones from the leader" in review and "Expect no write interruption" in review, review
     wait_until(lambda: settled({"pg1", "pg2", "pg3", "pg5"}), timeout=60, what="pg5 streaming")
     assert set(haproxy_servers()["pgha-lab_primary"]) == {"pg1", "pg2", "pg3", "pg5"}
     wait_until(lambda: haproxy_servers()["pgha-lab_replicas"].get("pg5") == "UP", timeout=30,
@@ -136,6 +139,7 @@ def test_remove_the_current_leader(scenario: Scenario) -> None:
     hosts = [dict(h, roles=["etcd"]) if h["name"] == leader else h for h in scenario.hosts]
     steps = scenario.apply(hosts)
     assert set(steps.get("delete", {})) == {f"pgha-lab-install-{leader}", f"pgha-lab-node-{leader}"}, steps
+    assert f"switchover {leader} →" in scenario.project.last_review, scenario.project.last_review
     remaining = {"pg1", "pg2", "pg3"} - {leader}
     wait_until(lambda: settled(remaining), timeout=60, what="two members after the leader left")
     assert leader_name() in remaining

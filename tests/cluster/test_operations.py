@@ -86,6 +86,7 @@ def test_reload_only_parameter_reaches_every_node_without_restart(ops: Ops) -> N
     steps = ops.change(lambda c: c["postgresql"].setdefault("parameters", {}).update(
         log_min_duration_statement="250ms"))
     assert steps.get("update") == {"pgha-lab-dynamic-config": ["parameters_reload"]}, steps
+    assert "log_min_duration_statement unset → 250ms (reload, no restart)" in ops.project.last_review
     for name, address in NODES.items():
         wait_until(lambda a=address: ops.show(a, "log_min_duration_statement") == "250ms", timeout=30,
                    what=f"log_min_duration_statement on {name}")
@@ -98,6 +99,7 @@ def test_restart_parameter_rolls_through_the_cluster(ops: Ops) -> None:
     ops.load.reset_counters()
     steps = ops.change(lambda c: c["postgresql"]["parameters"].update(shared_buffers="256MB"))
     assert steps.get("update") == {"pgha-lab-dynamic-config": ["parameters_restart"]}, steps
+    assert "shared_buffers needs a restart" in ops.project.last_review, ops.project.last_review
     for name, address in NODES.items():
         assert ops.show(address, "shared_buffers") == "256MB", name
     after = members()
