@@ -39,6 +39,8 @@ def healthy_etcd(endpoints: list[str], scope: str) -> EtcdGateway:
 
 class PatroniClusterProvider(HostProvider):
     REPLACE_ON = frozenset({"scope", "namespace"})
+    # Whom to prefer when the leader's host is removed: the PatroniLeader resource's change.
+    CREATE_ONLY = frozenset({"leader"})
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         # Founding etcd members return as soon as they run; the cluster is only
