@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from pulumi.dynamic import DiffResult, ResourceProvider
 
-from components.transport.ssh import Ssh, SshTarget
+from components.transport.ssh import Ssh, SshTarget, describe
 
 SECRET_INPUTS = ("secrets", "ssh_private_key")
 
@@ -40,10 +40,26 @@ def integral(value: Any) -> Any:
     return value
 
 
-def _integral_args(method: Callable[..., Any]) -> Callable[..., Any]:
+def _host_of(args: tuple[Any, ...]) -> str:
+    for arg in args:
+        if isinstance(arg, dict) and isinstance(arg.get("connection"), dict):
+            return str(arg["connection"].get("host") or "")
+    return ""
+
+
+def _provider_method(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Numbers made integral again; an error that says nothing gets its host and its kind."""
+
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any) -> Any:
-        return method(self, *(integral(a) if isinstance(a, dict) else a for a in args))
+        args = tuple(integral(a) if isinstance(a, dict) else a for a in args)
+        try:
+            return method(self, *args)
+        except Exception as exc:
+            if str(exc).strip():
+                raise
+            host = _host_of(args) or type(self).__name__
+            raise RuntimeError(f"{host}: {method.__name__}: {describe(exc)}") from exc
 
     return wrapper
 
@@ -65,7 +81,7 @@ class HostProvider(ResourceProvider):
         super().__init_subclass__(**kwargs)
         for name in ("create", "update", "read", "delete", "diff"):
             if name in cls.__dict__:
-                setattr(cls, name, _integral_args(cls.__dict__[name]))
+                setattr(cls, name, _provider_method(cls.__dict__[name]))
 
     def ssh(self, props: dict[str, Any], connect_timeout: float = 15.0) -> Ssh:
         target = SshTarget.from_props(props["connection"], props.get("ssh_private_key"))

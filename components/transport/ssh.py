@@ -31,6 +31,12 @@ class SshError(RuntimeError):
         super().__init__(f"{host}: {step}: {detail}")
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as words: some (paramiko's EOFError when a host goes away) have none."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no message)"
+
+
 @dataclass(frozen=True)
 class SshTarget:
     host: str
@@ -164,8 +170,8 @@ class Ssh:
             out = chan_out.read().decode(errors="replace")
             err = chan_err.read().decode(errors="replace")
             code = chan_out.channel.recv_exit_status()
-        except (TimeoutError, paramiko.SSHException, OSError) as exc:
-            raise SshError(self.target.host, step, f"connection lost: {exc}") from exc
+        except (TimeoutError, EOFError, paramiko.SSHException, OSError) as exc:
+            raise SshError(self.target.host, step, f"connection lost: {describe(exc)}") from exc
         if check and code != 0:
             detail = (err.strip() or out.strip())[-1500:]
             raise SshError(self.target.host, step, f"exit {code}: {detail}")
@@ -205,8 +211,8 @@ class Ssh:
                         sftp.put(src, f"{staging}/{name}")
             finally:
                 sftp.close()
-        except (OSError, paramiko.SSHException) as err:
-            raise SshError(self.target.host, step, f"upload {local_dir}: {err}") from err
+        except (OSError, EOFError, paramiko.SSHException) as err:
+            raise SshError(self.target.host, step, f"upload {local_dir}: {describe(err)}") from err
         self.run(f"rm -rf {shlex.quote(remote_dir)} && mkdir -p {shlex.quote(os.path.dirname(remote_dir))} "
                  f"&& mv {staging} {shlex.quote(remote_dir)} && chown -R root:root {shlex.quote(remote_dir)}",
                  step=step)

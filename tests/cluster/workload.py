@@ -94,19 +94,27 @@ class WriteLoad:
         return max((end - start for start, end in self.windows), default=0.0)
 
     def missing(self) -> list[int]:
-        """Acknowledged ids that are not in the table (must always be empty).
+        """Acknowledged ids that are not in the primary's table (must always be empty).
 
         Reads through HAProxy like any client, so right after a leader change it may
         have to reconnect until HAProxy's checks see the new primary (the primary port
         does not retry on the client's behalf)."""
+        # Taken before the read: the load goes on, and an id acknowledged after the
+        # SELECT's snapshot is not missing.
+        acknowledged = list(self.acknowledged)
         deadline = time.monotonic() + 15
         while True:
             try:
                 with self._connect() as conn:
+                    # Until HAProxy's checks mark a demoted primary down, the primary port
+                    # may still lead to it, now a replica a little behind the new primary.
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                    if row is None or row[0]:
+                        raise psycopg.OperationalError("reached a replica through the primary port")
                     present = {r[0] for r in conn.execute(f"SELECT id FROM {self.table}").fetchall()}
                 break
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        return [i for i in self.acknowledged if i not in present]
+        return [i for i in acknowledged if i not in present]

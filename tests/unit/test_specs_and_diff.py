@@ -399,3 +399,20 @@ def test_membership_guard_refuses_removing_a_majority(old: list[str], new: list[
     assert bool(result.failures) is refused
     if refused:
         assert result.failures[0].reason.startswith("pgha:hosts: removing")
+
+
+class _SilentFailure(HostProvider):
+    def create(self, props: dict[str, Any]) -> Any:
+        raise EOFError()
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        raise RuntimeError("pg9: stop Patroni: exit 1")
+
+
+def test_an_error_without_words_is_reported_with_its_host_and_kind() -> None:
+    # paramiko raises a bare EOFError when a host goes away mid-transfer; the engine then
+    # printed "Exception calling application: " and nothing else.
+    with pytest.raises(RuntimeError, match=r"^10\.77\.0\.15: create: EOFError \(no message\)$"):
+        _SilentFailure().create({"connection": {"host": "10.77.0.15"}, "port": 5432.0})
+    with pytest.raises(RuntimeError, match=r"^pg9: stop Patroni: exit 1$"):
+        _SilentFailure().delete("id", {"connection": {"host": "10.77.0.15"}})
