@@ -19,6 +19,9 @@ cluster = PostgresHaCluster(config, raw)
 pulumi.export("primary", [f"postgresql://{addr}" for addr in cluster.haproxy.primary_endpoints])
 pulumi.export("replicas", [f"postgresql://{addr}" for addr in cluster.haproxy.replica_endpoints])
 pulumi.export("members", cluster.patroni.members)
+if cluster.backup is not None:
+    # Last full/diff backup and their age, WAL archiving health (read on every up and refresh).
+    pulumi.export("backup", cluster.backup.status)
 if config.generate_passwords and not raw.get("superuserPassword"):
     # A lab has no secret store: `pulumi stack output superuserPassword --show-secrets`.
     pulumi.export("superuserPassword", cluster.secrets.passwords["superuser"])

@@ -6,6 +6,7 @@ from typing import Any
 
 import pulumi
 
+from components.backup import Backup
 from components.config import ClusterConfig
 from components.etcd import EtcdCluster
 from components.haproxy import HAProxy
@@ -22,12 +23,20 @@ class PostgresHaCluster(pulumi.ComponentResource):
         self.secrets = secrets
         self.etcd = EtcdCluster(f"{cfg.scope}-etcd", cfg, secrets, child)
         etcd_members = list(self.etcd.members.values())
-        self.patroni = PatroniClusterComponent(f"{cfg.scope}-patroni", cfg, secrets, etcd_members,
-                                               self.etcd.guard, child)
+        # pgha:backup: pgBackRest's configuration and SSH keys are in place before Patroni
+        # starts (archiving from the first WAL segment; a restore bootstraps from them).
+        self.backup = Backup(f"{cfg.scope}-backup", cfg, raw_config, secrets, self.etcd.guard,
+                             child) if cfg.backup is not None else None
+        before_patroni = self.backup.prerequisites if self.backup is not None else []
+        self.patroni = PatroniClusterComponent(f"{cfg.scope}-patroni", cfg, secrets,
+                                               etcd_members + before_patroni, self.etcd.guard, child)
+        if self.backup is not None:
+            self.backup.add_stanza([self.patroni.dynamic_config])
         self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets,
                                list(self.patroni.nodes.values()), child)
         self.register_outputs({
             "primary": self.haproxy.primary_endpoints,
             "replicas": self.haproxy.replica_endpoints,
             "members": self.patroni.members,
+            **({"backup": self.backup.status} if self.backup is not None else {}),
         })

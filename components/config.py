@@ -30,7 +30,7 @@ from components.validation import (
     check_unknown_keys,
 )
 
-ROLES = ("etcd", "patroni", "haproxy")
+ROLES = ("etcd", "patroni", "haproxy", "backup")
 SECRET_KEYS = (
     "superuserPassword", "replicationPassword", "rewindPassword", "restApiPassword",
 )
@@ -169,6 +169,9 @@ class ClusterConfig:
     leader: str | None = None
     ssh: SshSettings | None = None
     secrets_present: frozenset[str] = field(default_factory=frozenset)
+    # pgBackRest (pgha:backup) and a cluster bootstrapped from a backup (pgha:restore).
+    backup: BackupSettings | None = None
+    restore: RestoreSettings | None = None
 
     def with_role(self, role: str) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if role in h.roles)
@@ -178,6 +181,7 @@ TOP_LEVEL_KEYS = (
     "scope", "namespace", "production", "generatePasswords", "ssh", "hosts", "etcd",
     "patroni", "postgresql", "dcs", "initdb", "clientCidrs", "pgHba", "roles", "haproxy",
     "sshPrivateKey", "rolePasswords", "restartPolicy", "leader", *SECRET_KEYS,
+    "backup", "restore", "backupCipherPassphrase",
 )
 
 DEFAULT_PARAMETERS: dict[str, Any] = {
@@ -551,7 +555,12 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
         if all(h.tags.nofailover for h in patroni_hosts) and patroni_hosts:
             problems.add("hosts", "every Patroni node is tagged nofailover: no node could become leader")
 
+    backup = _load_backup(problems, raw, secret_keys, hosts, scope, generate, production)
+    restore = _load_restore(problems, raw.get("restore"), backup)
+    _check_backup_parameters(problems, raw_postgres, backup)
+
     _check_ports(problems, hosts, {
+        "backup": {},
         "etcd": {"etcd.clientPort": etcd.client_port, "etcd.peerPort": etcd.peer_port},
         "patroni": {"patroni.restApiPort": patroni.restapi_port, "postgresql.port": postgres.port},
         "haproxy": {"haproxy.primaryPort": haproxy.primary_port,
@@ -608,4 +617,301 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
         hosts=hosts, etcd=etcd, patroni=patroni, postgresql=postgres, dcs=dcs,
         initdb=tuple(initdb), client_cidrs=cidrs, pg_hba_extra=tuple(hba_extra), roles=roles,
         haproxy=haproxy, restart_policy=restart_policy, leader=leader, ssh=ssh, secrets_present=present,
+        backup=backup, restore=restore,
     )
+
+
+# --- Backups and point-in-time recovery (pgBackRest) -------------------------------------------
+
+BACKUP_KEYS = ("stanza", "repoPath", "retention", "compression", "archiveAsync", "processMax",
+               "encryption", "schedule", "archiveTimeout")
+RESTORE_KEYS = ("fromStanza", "target")
+COMPRESS_TYPES = ("none", "gz", "lz4", "zst", "bz2")
+# Parameters pgha:backup sets on every node: a stack that also set them by hand would fight it.
+BACKUP_PARAMETERS = ("archive_mode", "archive_command", "restore_command")
+BACKUP_SECRET = "backupCipherPassphrase"
+STANZA_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """pgBackRest with a dedicated repository host (the host with the `backup` role)."""
+
+    stanza: str
+    repo_path: str
+    retention_full: int
+    retention_diff: int | None
+    compress_type: str
+    compress_level: int | None
+    archive_async: bool
+    process_max: int
+    # Repository encryption (aes-256-cbc) with pgha:backupCipherPassphrase.
+    encryption: bool
+    # systemd OnCalendar expressions; None: no timer for that backup type.
+    schedule_full: str | None
+    schedule_diff: str | None
+    archive_timeout: str
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    """A new cluster bootstrapped from another stanza's backups and WAL (Patroni custom bootstrap)."""
+
+    from_stanza: str
+    # "time" | "lsn" | "name" | "latest"
+    target_kind: str
+    # time: normalized to "YYYY-MM-DD HH:MM:SS[.ffffff]+00" (UTC); None for latest.
+    target_value: str | None
+
+    def describe(self) -> str:
+        if self.target_kind == "latest":
+            return "the end of its archived WAL (latest)"
+        if self.target_kind == "name":
+            return f"restore point {self.target_value!r}"
+        return f"{self.target_kind} {self.target_value}"
+
+
+_CAL_SHORTHANDS = frozenset({"minutely", "hourly", "daily", "monthly", "weekly", "yearly", "quarterly",
+                             "semiannually", "annually"})
+_CAL_DAYS = {d: i for i, names in enumerate((
+    ("mon", "monday"), ("tue", "tuesday"), ("wed", "wednesday"), ("thu", "thursday"),
+    ("fri", "friday"), ("sat", "saturday"), ("sun", "sunday"))) for d in names}
+_CAL_ITEM = re.compile(r"(\*|\d+)(?:\.\.(\d+))?(?:/(\d+))?")
+
+
+def _calendar_values(text: str, low: int, high: int, what: str) -> str | None:
+    for item in text.split(","):
+        m = _CAL_ITEM.fullmatch(item)
+        if not m:
+            return f"{item!r} is not a valid {what} (a number, *, a range a..b or a repetition a/step)"
+        first, last, step = m.groups()
+        if step is not None and int(step) == 0:
+            return f"{item!r}: a repetition step must be at least 1"
+        for number in (first, last):
+            if number not in (None, "*") and not low <= int(number) <= high:
+                return f"{what} {number} is out of range {low}..{high}"
+        if first == "*" and last is not None:
+            return f"{item!r}: * cannot start a range"
+    return None
+
+
+def check_calendar(spec: str) -> str | None:
+    """Why `spec` is not a systemd OnCalendar expression (systemd.time(7)), or None.
+
+    Covers the forms used for backups: shorthands (daily, weekly, ...) and
+    `[weekdays] [[year-]month-day] [hour:minute[:second]] [timezone]`. The repository
+    host checks the accepted text again with `systemd-analyze calendar` before using it.
+    """
+    words = spec.split()
+    if not words:
+        return "is empty"
+    if len(words) == 1 and words[0].lower() in _CAL_SHORTHANDS:
+        return None
+    i = 0
+    if words[i][0].isalpha() and words[i].lower().split(",")[0].split("..")[0] in _CAL_DAYS:
+        for part in words[i].lower().split(","):
+            ends = part.split("..")
+            if len(ends) > 2 or any(e not in _CAL_DAYS for e in ends):
+                return f"{part!r} is not a weekday or weekday range like Mon..Fri"
+        i += 1
+    elif all(part in _CAL_DAYS for part in words[0].lower().split("-")):
+        return f"write a weekday range as {words[0].replace('-', '..')!r}"
+    seen = 0
+    if i < len(words) and ":" not in words[i] and re.search(r"[-~]", words[i]):
+        date = words[i]
+        parts = re.split(r"[-~]", date)
+        if len(parts) == 2:
+            parts = ["*", *parts]
+        if len(parts) != 3:
+            return f"{date!r} is not a date like *-*-01 or 2026-01-01"
+        for text, low, high, what in ((parts[0], 1970, 2199, "year"), (parts[1], 1, 12, "month"),
+                                      (parts[2], 1, 31, "day")):
+            why = _calendar_values(text, low, high, what)
+            if why:
+                return why
+        i += 1
+        seen += 1
+    if i < len(words) and ":" in words[i]:
+        parts = words[i].split(":")
+        if len(parts) not in (2, 3):
+            return f"{words[i]!r} is not a time like 01:30 or 01:30:00"
+        if len(parts) == 3:
+            parts[2] = parts[2].split(".")[0]
+        for text, high, what in zip(parts, (23, 59, 59), ("hour", "minute", "second"), strict=False):
+            low = 0
+            why = _calendar_values(text, low, high, what)
+            if why:
+                return why
+        i += 1
+        seen += 1
+    zone = re.fullmatch(r"[A-Za-z][A-Za-z0-9_+/-]*", words[i]) if i == len(words) - 1 else None
+    if zone and seen:
+        i += 1  # a time zone: UTC, Europe/Paris
+    if i != len(words):
+        return f"cannot read {' '.join(words[i:])!r}; write e.g. 'Sun *-*-* 01:00:00' or 'daily'"
+    return None  # weekdays alone ("Mon,Thu") mean midnight on those days
+
+
+def _normalize_time(text: str) -> str | None:
+    """`text` as "YYYY-MM-DD HH:MM:SS[.ffffff]+00" (UTC), or None when it has no time zone or is invalid."""
+    from datetime import UTC, datetime
+
+    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)\s*"
+                     r"(Z|UTC|[+-]\d{2}(?::?\d{2})?)", text.strip())
+    if not m:
+        return None
+    zone = m.group(3)
+    if zone in ("Z", "UTC"):
+        zone = "+00:00"
+    elif len(zone) == 3:
+        zone += ":00"
+    elif ":" not in zone:
+        zone = f"{zone[:3]}:{zone[3:]}"
+    try:
+        moment = datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}{zone}").astimezone(UTC)
+    except ValueError:
+        return None
+    text_utc = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if moment.microsecond:
+        text_utc += f".{moment.microsecond:06d}".rstrip("0")
+    return f"{text_utc}+00"
+
+
+def _load_backup(problems: Problems, raw: dict[str, Any], secret_keys: set[str], hosts: tuple[Host, ...],
+                 scope: str, generate: bool, production: bool) -> BackupSettings | None:
+    backup_hosts = [(i, h) for i, h in enumerate(hosts) if "backup" in h.roles]
+    for i, host in backup_hosts:
+        j = host.roles.index("backup")
+        if raw.get("backup") is None:
+            problems.add(f"hosts[{i}].roles[{j}]",
+                         "the backup role needs pgha:backup (at least `backup: {}`)")
+        if "patroni" in host.roles:
+            problems.add(f"hosts[{i}].roles", "the backup (repository) host must not be a Patroni node: "
+                         "its backups must outlive the loss of any database host")
+    if len(backup_hosts) > 1:
+        i, _ = backup_hosts[1]
+        problems.add(f"hosts[{i}].roles", f"only one host may have the backup role (also "
+                     f"hosts[{backup_hosts[0][0]}]); pgha:backup uses one repository host")
+    if BACKUP_SECRET in raw and BACKUP_SECRET not in secret_keys:
+        problems.add(BACKUP_SECRET, f"must be a secret: pulumi config set --secret pgha:{BACKUP_SECRET} ...")
+    if raw.get("backup") is None:
+        if raw.get(BACKUP_SECRET):
+            problems.add(BACKUP_SECRET, "is set but pgha:backup is not")
+        return None
+    data = as_mapping(problems, "backup", raw.get("backup"))
+    check_unknown_keys(problems, "backup", data, BACKUP_KEYS)
+    if not backup_hosts and hosts:
+        problems.add("hosts", "pgha:backup needs one host with the backup role (the pgBackRest repository "
+                     "host, reached over SSH; it must not be a Patroni node)")
+    retention = as_mapping(problems, "backup.retention", data.get("retention"))
+    check_unknown_keys(problems, "backup.retention", retention, ("full", "diff"))
+    compression = as_mapping(problems, "backup.compression", data.get("compression"))
+    check_unknown_keys(problems, "backup.compression", compression, ("type", "level"))
+    compress_type = as_str(problems, "backup.compression.type", compression.get("type"), "zst")
+    if compress_type not in COMPRESS_TYPES:
+        problems.add("backup.compression.type",
+                     f"{compress_type!r} is not one of {', '.join(COMPRESS_TYPES)}")
+    level = compression.get("level")
+    if level is not None:
+        zst = compress_type == "zst"
+        level = as_int(problems, "backup.compression.level", level, 3, minimum=-5 if zst else 0,
+                       maximum=22 if zst else 9)
+        if compress_type == "none":
+            problems.add("backup.compression.level", "has no meaning with compression type none")
+    schedule = as_mapping(problems, "backup.schedule", data.get("schedule"))
+    check_unknown_keys(problems, "backup.schedule", schedule, ("full", "diff"))
+    calendars: dict[str, str | None] = {}
+    for kind, default in (("full", "Sun *-*-* 01:00:00"), ("diff", "Mon..Sat *-*-* 01:00:00")):
+        value = schedule.get(kind, default if "schedule" not in data else None)
+        if value is None:
+            calendars[kind] = None
+            continue
+        text = as_str(problems, f"backup.schedule.{kind}", value)
+        why = check_calendar(text) if text else None
+        if why:
+            problems.add(f"backup.schedule.{kind}", f"{text!r} is not a systemd OnCalendar expression: {why}")
+        calendars[kind] = " ".join(text.split())
+    encryption = as_bool(problems, "backup.encryption", data.get("encryption"), True)
+    if encryption and not raw.get(BACKUP_SECRET) and (production or not generate):
+        problems.add(BACKUP_SECRET, "missing secret (the repository's cipher passphrase): pulumi config "
+                     f"set --secret pgha:{BACKUP_SECRET} \"$(openssl rand -base64 48)\" "
+                     "(or backup.encryption: false)")
+    if not encryption and raw.get(BACKUP_SECRET):
+        problems.add(BACKUP_SECRET, "is set but backup.encryption is false")
+    archive_timeout = as_str(problems, "backup.archiveTimeout", data.get("archiveTimeout"), "60s")
+    why = pg_params.check_parameter("archive_timeout", archive_timeout)
+    if why:
+        problems.add("backup.archiveTimeout", why)
+    diff_retention = retention.get("diff")
+    return BackupSettings(
+        stanza=as_str(problems, "backup.stanza", data.get("stanza"), scope or "main", pattern=STANZA_RE,
+                      what="stanza name (letters, digits, '-', '_', '.')"),
+        repo_path=as_str(problems, "backup.repoPath", data.get("repoPath"), "/var/lib/pgbackrest",
+                         pattern=ABS_PATH_RE, what="absolute path"),
+        retention_full=as_int(problems, "backup.retention.full", retention.get("full"), 2, minimum=1,
+                              maximum=9999999),
+        retention_diff=None if diff_retention is None else as_int(
+            problems, "backup.retention.diff", diff_retention, 1, minimum=1, maximum=9999999),
+        compress_type=compress_type, compress_level=level,
+        archive_async=as_bool(problems, "backup.archiveAsync", data.get("archiveAsync"), True),
+        process_max=as_int(problems, "backup.processMax", data.get("processMax"), 2, minimum=1, maximum=999),
+        encryption=encryption,
+        schedule_full=calendars["full"], schedule_diff=calendars["diff"],
+        archive_timeout=archive_timeout,
+    )
+
+
+def _load_restore(problems: Problems, raw: Any, backup: BackupSettings | None) -> RestoreSettings | None:
+    if raw is None:
+        return None
+    data = as_mapping(problems, "restore", raw)
+    check_unknown_keys(problems, "restore", data, RESTORE_KEYS)
+    if backup is None:
+        problems.add("restore", "needs pgha:backup and a host with the backup role: the repository to "
+                     "restore from, where the new cluster then archives into its own stanza")
+    source = as_str(problems, "restore.fromStanza", data.get("fromStanza"), pattern=STANZA_RE,
+                    what="stanza name")
+    if backup is not None and source == backup.stanza:
+        problems.add("restore.fromStanza", f"must name another cluster's stanza: the restored cluster "
+                     f"archives into its own stanza {backup.stanza!r}, and the source's archive stays "
+                     "untouched")
+    target = data.get("target")
+    kind, value = "latest", None
+    if target is None:
+        problems.add("restore.target", "is required: {time: '2026-01-31 12:00:00+00'}, {lsn: '0/5000028'}, "
+                     "{name: restore-point} or latest")
+    elif target != "latest":
+        spec = as_mapping(problems, "restore.target", target)
+        check_unknown_keys(problems, "restore.target", spec, ("time", "lsn", "name"))
+        if len(spec) != 1:
+            if spec:
+                problems.add("restore.target",
+                             f"give exactly one of time, lsn, name (got {', '.join(sorted(spec))})")
+        else:
+            kind, given = next(iter(spec.items()))
+            text = str(given).strip() if isinstance(given, (str, int, float)) else ""
+            if kind == "time":
+                value = _normalize_time(text)
+                if value is None:
+                    problems.add("restore.target.time", f"{given!r} is not a time with a time zone, like "
+                                 "'2026-01-31 12:00:00+00' (a time without a zone is ambiguous)")
+            elif kind == "lsn":
+                value = text.upper()
+                if not re.fullmatch(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}", value):
+                    problems.add("restore.target.lsn", f"{given!r} is not an LSN like 0/5000028")
+            elif kind == "name":
+                value = text
+                if not value or len(value) > 63 or not re.fullmatch(r"[^'\"\\\n]+", value):
+                    problems.add("restore.target.name", f"{given!r} is not a restore point name "
+                                 "(1 to 63 characters, no quotes or backslashes)")
+    return RestoreSettings(from_stanza=source, target_kind=kind, target_value=value)
+
+
+def _check_backup_parameters(problems: Problems, raw_postgres: Any, backup: BackupSettings | None) -> None:
+    declared = raw_postgres.get("parameters") if isinstance(raw_postgres, dict) else None
+    if backup is None or not isinstance(declared, dict):
+        return
+    for name in BACKUP_PARAMETERS:
+        if name in declared:
+            problems.add(f"postgresql.parameters.{name}", "is set by pgha:backup (pgBackRest archive-push / "
+                         "archive-get); remove it from the stack")

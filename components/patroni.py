@@ -7,18 +7,41 @@ from typing import Any
 
 import pulumi
 
-from components import specs
+from components import render, specs
+from components.command_connection import FileReader, connection_args
 from components.config import ClusterConfig, Host
+from components.host_install import PatroniHostInstall, PatroniHostInstallArgs, wheelhouse_archive
 from components.resources import (
     DatabaseRole,
     PatroniBootstrap,
     PatroniCluster,
     PatroniDynamicConfig,
-    PatroniInstall,
     PatroniLeader,
     PatroniNode,
 )
 from components.secrets import ClusterSecrets
+
+
+def _ssh_key_prefix(cfg: ClusterConfig, host: Host) -> str:
+    """The stack key that sets a host's SSH settings, for errors."""
+    if host.ssh == cfg.ssh:
+        return "pgha:ssh"
+    return f"pgha:hosts[{cfg.hosts.index(host)}].ssh"
+
+
+def _install(cfg: ClusterConfig, host: Host, secrets: ClusterSecrets, reader: FileReader,
+             guard: pulumi.Resource) -> PatroniHostInstallArgs:
+    spec = specs.patroni_install_spec(cfg, host)
+    plan = specs.patroni_install_plan(cfg, host)
+    return PatroniHostInstallArgs(
+        plan=plan, scope=cfg.scope,
+        connection=connection_args(host, secrets.ssh_private_key, reader, _ssh_key_prefix(cfg, host)),
+        host_connection=specs.connection(host), ssh_private_key=secrets.ssh_private_key,
+        unit=render.patroni_unit({**spec, "config_file": f"{plan.config_dir}/patroni.yml"}),
+        wheelhouse=wheelhouse_archive(plan.wheelhouse, reader) if plan.wheelhouse else None,
+        # A refused membership change must stop before any host is touched.
+        depends_on=[guard],
+    )
 
 
 def _with_key(props: dict[str, Any], secrets: ClusterSecrets) -> dict[str, Any]:
@@ -44,7 +67,7 @@ class PatroniClusterComponent(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )
 
-        self.installs: dict[str, PatroniInstall] = {}
+        self.installs: dict[str, PatroniHostInstall] = {}
         self.nodes = {}
         first = cfg.with_role("patroni")[0]
 
@@ -53,13 +76,12 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                               "bootstrap_leader": host.name == first.name, "secrets": patroni_secrets},
                              secrets)
 
+        reader = FileReader(dry_run=pulumi.runtime.is_dry_run())
         for host in cfg.with_role("patroni"):
-            self.installs[host.name] = PatroniInstall(
-                f"{cfg.scope}-install-{host.name}",
-                _with_key({"connection": specs.connection(host), **specs.patroni_install_spec(cfg, host)},
-                          secrets),
-                # A refused membership change must stop before any host is touched.
-                pulumi.ResourceOptions(parent=self, depends_on=[guard]),
+            # pulumi-command resources: the venv, Patroni, the distro's services, the unit.
+            self.installs[host.name] = PatroniHostInstall(
+                f"{cfg.scope}-install-{host.name}", _install(cfg, host, secrets, reader, guard),
+                pulumi.ResourceOptions(parent=self),
             )
         # A new cluster gets its leader (the first host) before any node's create begins;
         # an existing one is left alone (see providers/patroni_bootstrap.py).

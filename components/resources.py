@@ -16,10 +16,10 @@ from components.providers.dynamic_config import DynamicConfigProvider, LeaderPro
 from components.providers.etcd_member import EtcdMemberProvider
 from components.providers.generated_password import GeneratedPasswordProvider
 from components.providers.haproxy_config import HAProxyConfigProvider
+from components.providers.host_cleanup import PatroniHostCleanupProvider
 from components.providers.membership_guard import MembershipGuardProvider
 from components.providers.patroni_bootstrap import PatroniBootstrapProvider
 from components.providers.patroni_cluster import PatroniClusterProvider
-from components.providers.patroni_install import PatroniInstallProvider
 from components.providers.patroni_node import PatroniNodeProvider
 
 SECRET_OUTPUTS = ["secrets", "ssh_private_key"]
@@ -38,11 +38,11 @@ class EtcdMember(Resource, module="pgha", name="EtcdMember"):
         super().__init__(EtcdMemberProvider(), name, {"member_id": None, **props}, _opts(opts))
 
 
-class PatroniInstall(Resource, module="pgha", name="PatroniInstall"):
-    installed_version: pulumi.Output[str]
+class PatroniHostCleanup(Resource, module="pgha", name="PatroniHostCleanup"):
+    """Removes a host's Patroni install when deleted (components/providers/host_cleanup.py)."""
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        super().__init__(PatroniInstallProvider(), name, {"installed_version": None, **props}, _opts(opts))
+        super().__init__(PatroniHostCleanupProvider(), name, props, _opts(opts))
 
 
 class PatroniCluster(Resource, module="pgha", name="PatroniCluster"):

@@ -8,10 +8,12 @@ separately as secret inputs.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from typing import Any
 
 from components import pg_params
 from components.config import ClusterConfig, Host, SshSettings
+from components.install_steps import InstallPlan
 
 RESTAPI_USERNAME = "patroni"
 SCRAM = "scram-sha-256"
@@ -132,6 +134,17 @@ def patroni_install_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
     return spec
 
 
+def patroni_install_plan(cfg: ClusterConfig, host: Host) -> InstallPlan:
+    """The host steps of PatroniHostInstall (components/host_install.py)."""
+    spec = patroni_install_spec(cfg, host)
+    return InstallPlan(
+        host=host.name, address=host.address, ssh_user=host.ssh.user, method=spec["method"],
+        version=spec["version"], venv=spec["venv"], config_dir=spec["config_dir"],
+        os_family=spec["os_family"], pg_version=spec["pg_version"], etcd_member="etcd" in host.roles,
+        wheelhouse=spec.get("wheelhouse"), index_url=spec.get("index_url"), proxy=spec.get("proxy"),
+    )
+
+
 def _pgpass(cfg: ClusterConfig) -> str:
     home = "/var/lib/pgsql" if cfg.postgresql.os_family == "rhel" else "/var/lib/postgresql"
     return f"{home}/.pgpass.patroni"
@@ -168,10 +181,12 @@ def patroni_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
                 "maximum_lag_on_failover": dcs.maximum_lag_on_failover,
                 "synchronous_mode": dcs.synchronous_mode, "use_pg_rewind": dcs.use_pg_rewind,
                 "use_slots": dcs.use_slots,
-                "parameters": {k: str(v) for k, v in dcs.parameters.items()},
+                "parameters": {k: str(v) for k, v in pg_parameters(cfg).items()},
             },
             "initdb": list(cfg.initdb),
+            **({"restore": restore_bootstrap(cfg)} if cfg.restore else {}),
         },
+        **({"replica_from_backup": replica_from_backup(cfg)} if cfg.backup else {}),
     }
 
 
@@ -233,7 +248,7 @@ def split_parameters(params: dict[str, Any]) -> tuple[dict[str, str], dict[str, 
 
 
 def dynamic_config_spec(cfg: ClusterConfig) -> dict[str, Any]:
-    reload, restart = split_parameters(cfg.dcs.parameters)
+    reload, restart = split_parameters(pg_parameters(cfg))
     return {
         "scope": cfg.scope,
         "namespace": cfg.namespace,
@@ -253,3 +268,165 @@ def dynamic_config_spec(cfg: ClusterConfig) -> dict[str, Any]:
 def leader_spec(cfg: ClusterConfig) -> dict[str, Any]:
     return {"scope": cfg.scope, "namespace": cfg.namespace,
             "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)], "leader": cfg.leader}
+
+
+# --- Backups and point-in-time recovery (pgBackRest, pgha:backup / pgha:restore) ---------------
+
+PGBACKREST = "/usr/bin/pgbackrest"
+BACKUP_USER = "pgbackrest"
+SOCKET_DIR = "/var/run/postgresql"
+
+
+def backup_parameters(cfg: ClusterConfig) -> dict[str, str]:
+    """What pgha:backup adds to the DCS parameters: archiving into the stanza from the first
+    WAL segment, and restore_command (Patroni 4 moves it from `parameters` into the
+    recovery settings it writes on replicas)."""
+    backup = cfg.backup
+    if backup is None:
+        return {}
+    params = {
+        "archive_mode": "on",
+        "archive_command": f"{PGBACKREST} --stanza={backup.stanza} archive-push %p",
+        "restore_command": f'{PGBACKREST} --stanza={backup.stanza} archive-get %f "%p"',
+    }
+    if "archive_timeout" not in cfg.dcs.parameters:
+        params["archive_timeout"] = backup.archive_timeout
+    return params
+
+
+def pg_parameters(cfg: ClusterConfig) -> dict[str, Any]:
+    """Every parameter the stack declares: postgresql.parameters and pgha:backup's archiving."""
+    return {**cfg.dcs.parameters, **backup_parameters(cfg)}
+
+
+def backup_host(cfg: ClusterConfig) -> Host:
+    hosts = cfg.with_role("backup")
+    assert hosts, "validated: pgha:backup has a host with the backup role"
+    return hosts[0]
+
+
+def replica_from_backup(cfg: ClusterConfig) -> str:
+    """Patroni's `pgbackrest` replica method: restore the latest backup into the data directory."""
+    assert cfg.backup is not None
+    return f"{PGBACKREST} --stanza={cfg.backup.stanza} --delta restore"
+
+
+# Pulumi drops None-valued inputs: an unset setting is left out, not sent as None.
+
+
+def _compression(cfg: ClusterConfig) -> dict[str, Any]:
+    assert cfg.backup is not None
+    level = cfg.backup.compress_level
+    return {"type": cfg.backup.compress_type, **({"level": level} if level is not None else {})}
+
+
+def backup_identity_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
+    """The OS user that runs pgBackRest on a host and its SSH key pair, made on the host
+    (the private key never leaves it): pgbackrest on the repository host, postgres on nodes."""
+    repository = "backup" in host.roles
+    return {"scope": cfg.scope, "user": BACKUP_USER if repository else "postgres",
+            "create_user": repository, "host_name": host.name}
+
+
+def backup_repository_spec(cfg: ClusterConfig) -> dict[str, Any]:
+    backup = cfg.backup
+    assert backup is not None
+    pg = cfg.postgresql
+    return {
+        "scope": cfg.scope,
+        "stanza": backup.stanza,
+        "repo_path": backup.repo_path,
+        "retention": {"full": backup.retention_full,
+                      **({"diff": backup.retention_diff} if backup.retention_diff is not None else {})},
+        "compression": _compression(cfg),
+        "process_max": backup.process_max,
+        "encryption": "aes-256-cbc" if backup.encryption else "none",
+        # pgBackRest's pgN-host entries: every database host, found by its address.
+        "pg_hosts": {h.name: {"address": h.address, "port": pg.port, "data_dir": pg.data_dir,
+                              "socket_dir": SOCKET_DIR}
+                     for h in cfg.with_role("patroni")},
+    }
+
+
+def backup_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
+    backup = cfg.backup
+    assert backup is not None
+    pg = cfg.postgresql
+    return {
+        "scope": cfg.scope,
+        "name": host.name,
+        "stanza": backup.stanza,
+        "repo_host": backup_host(cfg).address,
+        "repo_user": BACKUP_USER,
+        "data_dir": pg.data_dir,
+        "pg_port": pg.port,
+        "socket_dir": SOCKET_DIR,
+        "compression": _compression(cfg),
+        "archive_async": backup.archive_async,
+        "process_max": backup.process_max,
+        # A restored cluster's nodes also know the stanza they were restored from (read only).
+        **({"source_stanza": cfg.restore.from_stanza} if cfg.restore else {}),
+    }
+
+
+def backup_stanza_spec(cfg: ClusterConfig) -> dict[str, Any]:
+    backup = cfg.backup
+    assert backup is not None
+    repo = backup_host(cfg)
+    return {
+        "scope": cfg.scope,
+        "stanza": backup.stanza,
+        "repository": f"{repo.name}:{backup.repo_path}",
+        "repo_user": BACKUP_USER,
+        "schedule": {kind: calendar for kind, calendar in
+                     (("full", backup.schedule_full), ("diff", backup.schedule_diff)) if calendar},
+        # Where the backup script looks for a healthy standby, and how status finds the leader.
+        "nodes": {h.name: {"api_url": f"http://{h.address}:{cfg.patroni.restapi_port}",
+                           "connection": connection(h)}
+                  for h in cfg.with_role("patroni")},
+        "pg_port": cfg.postgresql.port,
+        "socket_dir": SOCKET_DIR,
+        "bin_dir": cfg.postgresql.bin_dir,
+    }
+
+
+def restore_bootstrap(cfg: ClusterConfig) -> dict[str, Any]:
+    """Patroni's custom bootstrap for pgha:restore: pgBackRest restores the source stanza's
+    backup (the newest one before the target), and PostgreSQL replays its WAL to the target
+    and promotes. The restored cluster's own archive_command (its own stanza) takes over
+    once it runs as primary."""
+    restore = cfg.restore
+    assert restore is not None
+    kind, value = restore.target_kind, restore.target_value
+    args = [] if kind == "latest" else [f"--type={kind}", f"--target={value}", "--target-action=promote"]
+    recovery: dict[str, str] = {
+        "restore_command": f'{PGBACKREST} --stanza={restore.from_stanza} archive-get %f "%p"',
+        "recovery_target_timeline": "latest",
+    }
+    if kind != "latest":
+        recovery[f"recovery_target_{kind}"] = str(value)
+        recovery["recovery_target_action"] = "promote"
+    return {"command": shlex.join([PGBACKREST, f"--stanza={restore.from_stanza}", *args, "restore"]),
+            "recovery_conf": recovery}
+
+
+def restore_plan(cfg: ClusterConfig) -> str:
+    """One line that says what `up` will do, for the preview."""
+    restore, backup = cfg.restore, cfg.backup
+    assert restore is not None and backup is not None
+    return (f"restore from stanza {restore.from_stanza} on {backup_host(cfg).name} to {restore.describe()}, "
+            f"promote, then archive into stanza {backup.stanza}")
+
+
+def backup_restore_spec(cfg: ClusterConfig) -> dict[str, Any]:
+    restore, backup = cfg.restore, cfg.backup
+    assert restore is not None and backup is not None
+    return {
+        "scope": cfg.scope,
+        "plan": restore_plan(cfg),
+        "from_stanza": restore.from_stanza,
+        "target": {"kind": restore.target_kind,
+                   **({"value": restore.target_value} if restore.target_value is not None else {})},
+        "stanza": backup.stanza,
+        "repo_user": BACKUP_USER,
+    }

@@ -44,6 +44,7 @@ PACKAGES = (
     "etcd-server",
     "etcd-client",
     "haproxy",
+    "pgbackrest",
     "curl",
     "ca-certificates",
     "procps",

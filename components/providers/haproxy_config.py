@@ -15,10 +15,11 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from components import render, state_upgrade
 from components.providers.base import HostProvider, public
-from components.transport.ssh import Ssh, SshError, wait_for
+from components.transport.ssh import Ssh, SshError, notify, wait_for
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 ORIGINAL = "/etc/haproxy/haproxy.cfg.pgha-orig"
+MARKER = "# Managed by pgha"  # the first line of pgha's haproxy.cfg (templates/haproxy.cfg.j2)
 
 
 def backend_status(address: str, stats_port: int) -> dict[str, dict[str, str]]:
@@ -91,25 +92,41 @@ class HAProxyConfigProvider(HostProvider):
         return UpdateResult(outs=self._outs(news, self._wait_primary(news)))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        """Refresh: a hand-edited haproxy.cfg or a stopped HAProxy shows as drift."""
+        """Refresh: a hand-edited haproxy.cfg or a stopped HAProxy shows as drift; so does a host
+        whose haproxy.cfg is no longer pgha's (re-imaged), or that cannot be reached."""
         outs = dict(props)
+        host = props["connection"]["host"]
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
                 text = ssh.run(f"cat {CONFIG}", step="read haproxy.cfg", check=False).stdout
                 outs["config_matches"] = text == render.haproxy_cfg(self.upgrade(props))
                 active = ssh.run("systemctl is-active haproxy", step="check haproxy", check=False)
                 outs["running"] = active.stdout.strip() == "active"
-        except SshError:
+                if not text.startswith(MARKER):
+                    notify(host, f"{CONFIG} is not pgha's (the distro's, or edited by hand)", warning=True)
+        except SshError as err:
             outs["running"] = False
+            notify(host, f"HAProxy: the host is unreachable ({err})", warning=True)
         return ReadResult(id_=id_, outs=outs)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        """Stop balancing first in a destroy; the distro's original config comes back."""
+        """Stop balancing first in a destroy; the distro's original config comes back. A host
+        whose HAProxy pgha no longer configures (re-imaged) is left alone; an unreachable one
+        is skipped. Either is said."""
+        host = props["connection"]["host"]
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
+                ours = ssh.run(f"[ -f {ORIGINAL} ] || head -n 1 {CONFIG} 2>/dev/null | grep -q '^{MARKER}' "
+                               f"&& echo yes || echo no", step="check haproxy.cfg", check=False)
+                if ours.stdout.strip() != "yes":
+                    notify(host, f"{CONFIG} is not pgha's (re-imaged host?): HAProxy left as it is",
+                           warning=True)
+                    return
                 ssh.run("systemctl disable --now haproxy >/dev/null 2>&1 || true; "
                         f"if [ -f {ORIGINAL} ]; then mv -f {ORIGINAL} {CONFIG}; fi",
                         step="stop haproxy and restore its original config")
         except SshError as err:
             if err.step != "connect over SSH":
                 raise
+            notify(host, f"unreachable ({err}): skipped stopping HAProxy and restoring its original config",
+                   warning=True)

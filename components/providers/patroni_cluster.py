@@ -11,6 +11,7 @@ is stopped as a replica.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pulumi.dynamic import CreateResult, UpdateResult
@@ -18,7 +19,7 @@ from pulumi.dynamic import CreateResult, UpdateResult
 from components.providers.base import HostProvider, public
 from components.providers.dynamic_config import Cluster, switch_leader, wait_for_successor
 from components.transport.rest import LEADER_ROLES, EtcdGateway, RestError, first_healthy
-from components.transport.ssh import SshError, wait_for
+from components.transport.ssh import SshError, notify, wait_for
 
 
 def dcs_prefix(props: dict[str, Any]) -> str:
@@ -28,6 +29,43 @@ def dcs_prefix(props: dict[str, Any]) -> str:
 def pgha_prefix(scope: str) -> str:
     """pgha's own coordination keys, outside Patroni's namespace."""
     return f"/pgha/{scope}/"
+
+
+def is_system_identifier(value: str | None) -> bool:
+    """Whether a value is a PostgreSQL system identifier (Patroni writes "" to `initialize`
+    while a bootstrap is under way)."""
+    return value is not None and value.isdigit()
+
+
+@dataclass(frozen=True)
+class DcsView:
+    """What the DCS says about one Patroni cluster: its system identifier (`initialize`),
+    the leader key's holder and the members that are registered (alive within ttl)."""
+
+    initialize: str | None
+    leader: str | None
+    members: tuple[str, ...]
+
+    @classmethod
+    def read(cls, gateway: EtcdGateway, props: dict[str, Any]) -> DcsView:
+        prefix = dcs_prefix(props)
+        members = sorted(k.rsplit("/", 1)[-1] for k in gateway.keys_with_prefix(f"{prefix}members/"))
+        return cls(initialize=gateway.get(f"{prefix}initialize"),
+                   leader=gateway.get(f"{prefix}leader") or None, members=tuple(members))
+
+    @property
+    def system_identifier(self) -> str:
+        return self.initialize if is_system_identifier(self.initialize) else ""
+
+    def describe(self, scope: str) -> str:
+        system = f"system {self.system_identifier}" if self.system_identifier else "no system identifier"
+        if self.leader:
+            return f"cluster {scope} ({system}) is led by {self.leader}"
+        if self.members:
+            return f"cluster {scope} ({system}) has no leader; registered: {', '.join(self.members)}"
+        if self.initialize is not None:
+            return f"cluster {scope} ({system}) has no leader and no registered member"
+        return f"the DCS holds no cluster {scope}"
 
 
 def healthy_etcd(endpoints: list[str], scope: str) -> EtcdGateway:
@@ -49,7 +87,8 @@ class PatroniClusterProvider(HostProvider):
         gateways = [EtcdGateway(e) for e in endpoints]
         wait_for(lambda: all(g.healthy() and g.cluster_version_ready() for g in gateways),
                  timeout=180, interval=0.5,
-                 what=f"every etcd member healthy ({', '.join(endpoints)})", host=props["scope"])
+                 what=f"every etcd member healthy ({', '.join(endpoints)})", host=props["scope"],
+                 status=lambda: "not yet: " + ", ".join(g.endpoint for g in gateways if not g.healthy()))
         return CreateResult(id_=dcs_prefix(props), outs=public(props))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -72,8 +111,17 @@ class PatroniClusterProvider(HostProvider):
         switch_leader(cluster, leader["name"], target)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        """`patronictl remove`: only once no member is left, then every key of the cluster."""
-        gateway = healthy_etcd(props["etcd_endpoints"], props["scope"])
+        """`patronictl remove`: only once no member is left, then every key of the cluster.
+
+        Without a healthy etcd (its hosts are gone, or re-imaged) there is nothing left to
+        remove from: the delete completes and says what it skipped.
+        """
+        gateway = first_healthy(props["etcd_endpoints"])
+        if gateway is None:
+            notify(props["scope"], f"no healthy etcd among {', '.join(props['etcd_endpoints'])}: skipped "
+                   f"removing the cluster's keys ({dcs_prefix(props)}, {pgha_prefix(props['scope'])}); "
+                   f"an etcd cluster that is gone holds none", warning=True)
+            return
         members = f"{dcs_prefix(props)}members/"
 
         def no_members() -> bool:

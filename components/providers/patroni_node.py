@@ -4,6 +4,16 @@ A create returns only once the node runs as the leader or as a streaming
 replica. Changes to node-local settings rewrite patroni.yml and reload.
 A delete never stops a leader that still has healthy replicas: it switches
 over first (unless the replicas are themselves going away, as in a destroy).
+
+The node's PostgreSQL system identifier is recorded at create and update. A
+refresh compares what runs (or what is on disk when Patroni does not answer)
+with it: a node that is gone (no unit, patroni.yml or data), whose data
+directory is empty, or that belongs to another cluster (another scope or
+system identifier) is drift, said in words in `drift`. Before starting Patroni,
+`up` checks the host again (plan_node): a node without data is rebuilt from the
+leader, and data of another system is never started over nor removed: `up`
+stops and says how to resolve it. Waits for Patroni read its journal and stop
+at once when it shows why Patroni cannot come up (start_blocker).
 """
 
 from __future__ import annotations
@@ -11,7 +21,8 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
 
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
@@ -19,10 +30,11 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 from components import render, state_upgrade
 from components.handover import plan_handover
 from components.providers.base import HostProvider, public
-from components.providers.patroni_cluster import dcs_prefix, pgha_prefix
+from components.providers.patroni_cluster import DcsView, dcs_prefix, is_system_identifier, pgha_prefix
+from components.providers.patroni_install import UNIT_FILE
 from components.succession import SyncMode, members_of
 from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
-from components.transport.ssh import Ssh, SshError, wait_for
+from components.transport.ssh import Ssh, SshError, UnitStopped, WaitFailed, notify, wait_for
 
 
 def api(props: dict[str, Any]) -> PatroniApi:
@@ -32,7 +44,10 @@ def api(props: dict[str, Any]) -> PatroniApi:
 
 def ready_status(node: PatroniApi) -> dict[str, Any] | None:
     """The node's /patroni when it is a running leader or a streaming replica."""
-    status = node.patroni()
+    return ready_status_of(node.patroni())
+
+
+def ready_status_of(status: dict[str, Any]) -> dict[str, Any] | None:
     if status.get("state") != "running":
         return None
     if status.get("role") in LEADER_ROLES:
@@ -65,11 +80,270 @@ def leader_member(gateway: EtcdGateway, props: dict[str, Any]) -> dict[str, Any]
     return json.loads(gateway.get(f"{dcs_prefix(props)}members/{leader}") or "{}")
 
 
+def wait_for_dcs(props: dict[str, Any], timeout: float = 30.0) -> EtcdGateway:
+    """A healthy etcd member of the DCS, waiting a while for one (etcd members repaired
+    earlier in the same `up` may still be electing a leader; that takes seconds)."""
+    endpoints = ", ".join(f"http://{e}" for e in props["etcd_hosts"])
+    try:
+        return wait_for(lambda: dcs_gateway(props), timeout=timeout, interval=1,
+                        what=f"a healthy etcd member among {endpoints}", host=props["address"])
+    except WaitFailed as err:
+        raise SshError(props["address"], "reach the DCS",
+                       f"no healthy etcd among {endpoints} within {timeout:.0f}s: Patroni cannot run without "
+                       f"its DCS. `pulumi refresh` shows the etcd members' state and the next `pulumi up` "
+                       f"repairs them") from err
+
+
+# --- what is on the host (pure) ---------------------------------------------------------
+
+# `data` of a node, as NODE_PROBE reports it: a system identifier, or one of these.
+DATA_ABSENT = "absent"  # no data directory
+DATA_EMPTY = "empty"  # an empty data directory
+DATA_UNREADABLE = "unreadable"  # PG_VERSION, but pg_controldata cannot read the control file
+DATA_OTHER = "other"  # files, but no PostgreSQL cluster (no PG_VERSION)
+
+
+def has_data(data: str) -> bool:
+    """Whether a data directory holds something (that pgha must never remove unasked)."""
+    return data not in (DATA_ABSENT, DATA_EMPTY)
+
+
+@dataclass(frozen=True)
+class NodeOnHost:
+    """A Patroni node's traces on its host, as SSH sees them."""
+
+    unit: bool  # the patroni systemd unit is installed
+    config_scope: str | None  # `scope` in patroni.yml; None without the file
+    active: str  # `systemctl is-active patroni`
+    data: str  # a system identifier, or DATA_ABSENT / DATA_EMPTY / DATA_UNREADABLE / DATA_OTHER
+
+
+def parse_node_probe(output: str) -> NodeOnHost:
+    values = dict(line.partition("=")[::2] for line in output.splitlines() if "=" in line)
+    scope = values.get("scope", "").strip()
+    if scope.startswith('"'):
+        try:
+            scope = json.loads(scope)
+        except ValueError:
+            pass
+    return NodeOnHost(unit=values.get("unit") == "yes",
+                      config_scope=scope if values.get("config") == "yes" else None,
+                      active=values.get("active") or "unknown", data=values.get("data") or DATA_ABSENT)
+
+
+def describe_data(data: str, data_dir: str) -> str:
+    return {DATA_ABSENT: f"no data directory {data_dir}", DATA_EMPTY: f"an empty data directory {data_dir}",
+            DATA_UNREADABLE: f"{data_dir} holds a PostgreSQL cluster whose control file cannot be read",
+            DATA_OTHER: f"{data_dir} holds files but no PostgreSQL cluster"}.get(
+                data, f"{data_dir} holds PostgreSQL system {data}")
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What a refresh records about a node: running (OBSERVED) and what is wrong, in words."""
+
+    running: bool
+    drift: str
+    status: dict[str, Any] = field(default_factory=dict)  # /patroni, when it answered
+
+
+def observe_node(props: dict[str, Any], status: dict[str, Any] | None, host: NodeOnHost | None,
+                 unreachable: str = "") -> NodeView:
+    """Compare what answers (or what is on disk) with the node the state describes."""
+    scope, recorded = props["scope"], props.get("system_identifier") or ""
+    if status is not None:
+        serving = (status.get("patroni") or {}).get("scope")
+        sysid = str(status.get("database_system_identifier") or "")
+        if serving and serving != scope:
+            return NodeView(False, f"Patroni on this host serves cluster {serving!r}, not {scope!r}", status)
+        if recorded and sysid and sysid != recorded:
+            return NodeView(False, f"it runs PostgreSQL system {sysid}; the state recorded {recorded}",
+                            status)
+        if status.get("state") != "running":
+            return NodeView(False, f"Patroni is up, PostgreSQL is {status.get('state')}", status)
+        return NodeView(True, "", status)
+    if host is None:
+        return NodeView(False, f"Patroni does not answer and the host is unreachable ({unreachable})")
+    if not host.unit and host.config_scope is None and not has_data(host.data):
+        return NodeView(False, "gone: no Patroni unit, no patroni.yml and no data on the host (re-imaged?)")
+    problems = []
+    if host.config_scope is None:
+        problems.append(f"no {props['config_file']}")
+    elif host.config_scope != scope:
+        problems.append(f"{props['config_file']} is for cluster {host.config_scope!r}, not {scope!r}")
+    if not host.unit:
+        problems.append("no patroni unit")
+    if is_system_identifier(host.data) and recorded and host.data != recorded:
+        problems.append(f"{props['data_dir']} holds PostgreSQL system {host.data}, another cluster: "
+                        f"the state recorded {recorded}")
+    elif not is_system_identifier(host.data):
+        problems.append(describe_data(host.data, props["data_dir"]))
+    problems.append(f"Patroni is {host.active}")
+    return NodeView(False, "; ".join(problems))
+
+
+# --- what `up` does with a node (pure) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    action: Literal["start", "clone", "stop"]  # start from its data / rebuild from the leader / refuse
+    reason: str = ""
+
+
+def plan_node(props: dict[str, Any], host: NodeOnHost, dcs: DcsView) -> NodePlan:
+    """Before Patroni starts on a host: may it, and from what.
+
+    Data of the cluster (its system identifier is the DCS's, or the one the state recorded
+    when the DCS has none) starts; a node without data is rebuilt from the leader; anything
+    else on the host is data or configuration pgha did not make for this cluster, maybe the
+    only copy of something: `up` stops, names it and says how to resolve it.
+    """
+    name, scope, data_dir = props["name"], props["scope"], props["data_dir"]
+    if host.config_scope is not None and host.config_scope != scope:
+        other = host.config_scope
+        return NodePlan("stop", f"{props['config_file']} on {name} is for Patroni cluster {other!r}, not "
+                                f"{scope!r}: another cluster lives on this host, and pgha leaves it alone. "
+                                f"Remove {name} from pgha:hosts, or move that cluster off the host (its "
+                                f"patroni.yml and data directory), then run `pulumi up` again")
+    if not has_data(host.data):
+        return NodePlan("clone")
+    expected = dcs.system_identifier or props.get("system_identifier") or ""
+    source = ("the DCS" if dcs.system_identifier else "the state") if expected else ""
+    if is_system_identifier(host.data) and (not expected or host.data == expected):
+        return NodePlan("start")
+    what = describe_data(host.data, data_dir)
+    if is_system_identifier(host.data):
+        what = f"{what}, but cluster {scope} is system {expected} ({source})"
+    return NodePlan("stop", f"{name}: {what}. pgha does not start over or remove data that may be the "
+                            f"only copy of something. To rebuild {name} as a replica of {scope}, move that "
+                            f"directory aside on {name} (mv {data_dir} {data_dir}.old) and run `pulumi up` "
+                            f"again; to keep {name} out of the cluster, remove it from pgha:hosts (its data "
+                            f"stays: postgresql.keepDataOnDestroy) or forget it with `pulumi state delete` "
+                            f"on its PatroniNode")
+
+
+# --- why a wait for Patroni cannot succeed (pure) ---------------------------------------
+
+# Patroni's own lines (`<date> <time> <LEVEL>: <message>`); PostgreSQL's lines in the same
+# journal ("FATAL:  the database system is starting up") are part of a normal start.
+FATAL_MARKERS = ("system ID mismatch", " CRITICAL: ", "but system ID is invalid",
+                 "Please first start Patroni on the node running as primary")
+DCS_MARKERS = ("Failed to get list of machines", "waiting on etcd", "Error communicating with DCS",
+               "DCS is not accessible", "No more machines in the cluster")
+NO_LEADER_MARKERS = ("waiting for leader to bootstrap",)
+# How long a condition must last before a wait gives up on it: etcd elects a leader in
+# seconds, and a node without data waits for a leader another node is electing.
+GRACE = {"dcs": 30.0, "no_leader": 45.0}
+
+
+def journal_verdict(lines: list[str]) -> tuple[str, str] | None:
+    """(kind, line) for what the journal says about why Patroni is not up: "fatal" (it will
+    never be), "dcs" (it cannot reach etcd) or "no_leader" (no data and nobody to clone
+    from), by the latest line that says either; None when the latest news is progress."""
+    for line in lines:
+        if any(marker in line for marker in FATAL_MARKERS):
+            return "fatal", line.strip()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        if any(marker in line for marker in DCS_MARKERS):
+            # "INFO: waiting on etcd" follows the ERROR lines that name the endpoint and why.
+            block = []
+            for earlier in reversed(lines[:i + 1]):
+                if not any(marker in earlier for marker in DCS_MARKERS):
+                    break
+                block.append(earlier)
+            error = next((b for b in block if " ERROR: " in b), line)
+            return "dcs", _clip(error.strip())
+        if any(marker in line for marker in NO_LEADER_MARKERS):
+            return "no_leader", line.strip()
+        if " INFO: " in line or " WARNING: " in line:
+            return None  # Patroni made progress since
+    return None
+
+
+def _clip(line: str, limit: int = 400) -> str:
+    return line if len(line) <= limit else f"{line[:limit]}..."
+
+
+@dataclass
+class StartWatch:
+    """Decides, from successive looks at the unit and its journal, when to stop waiting."""
+
+    name: str
+    seen_since: dict[str, float] = field(default_factory=dict)
+    stopped: UnitStopped = field(default_factory=UnitStopped)
+
+    def verdict(self, now: float, active: str, lines: list[str]) -> str | None:
+        found = journal_verdict(lines)
+        if self.stopped(active):
+            last = found[1] if found else " | ".join(line.strip() for line in lines[-3:])
+            return f"patroni on {self.name} stopped ({active}): {last or 'no journal lines'}"
+        if found is None:
+            self.seen_since.clear()
+            return None
+        kind, line = found
+        if kind == "fatal":
+            return line
+        since = self.seen_since.setdefault(kind, now)
+        for other in [k for k in self.seen_since if k != kind]:
+            del self.seen_since[other]
+        if now - since < GRACE[kind]:
+            return None
+        if kind == "dcs":
+            return f"Patroni on {self.name} cannot reach etcd (for {now - since:.0f}s): {line}"
+        return (f"{self.name} has no data and no leader to clone from (for {now - since:.0f}s): no other "
+                f"node leads cluster, and this one may not bootstrap it: {line}")
+
+
+def no_leader_cause(dcs: DcsView | None, waited: float, props: dict[str, Any]) -> str | None:
+    """Why a node without data, waiting for a leader to clone from, will not get one."""
+    name, scope = props["name"], props["scope"]
+    if dcs is None:
+        if waited < GRACE["dcs"]:
+            return None
+        return f"no healthy etcd among {', '.join(props['etcd_hosts'])} for {waited:.0f}s"
+    if dcs.leader:
+        return None
+    if not dcs.members and waited >= GRACE["no_leader"]:
+        return (f"{dcs.describe(scope)}: no node runs that could lead, so {name} (no data) has nothing "
+                f"to replicate from")
+    if dcs.members and waited >= 2 * GRACE["no_leader"]:
+        return f"{dcs.describe(scope)}, for {waited:.0f}s"
+    return None
+
+
+def host_clock(ssh: Ssh) -> int:
+    """The host's time (seconds since the epoch): journal lines since a step began."""
+    out = ssh.run("date +%s", step="read the host's clock", check=False).stdout.strip()
+    return int(out) if out.isdigit() else int(time.time())
+
+
+NODE_PROBE = """cfg={config}; d={data}
+[ -f {unit} ] && echo unit=yes || echo unit=no
+echo "active=$(systemctl is-active patroni 2>/dev/null)"
+if [ -f "$cfg" ]; then echo config=yes; echo "scope=$(sed -n 's/^scope: *//p' "$cfg" | head -n 1)"; fi
+if [ ! -d "$d" ]; then echo data=absent
+elif [ -s "$d/PG_VERSION" ]; then
+  s=$(LC_ALL=C {bin}/pg_controldata -D "$d" 2>/dev/null | sed -n 's/^Database system identifier: *//p')
+  echo "data=${{s:-unreadable}}"
+elif [ -z "$(ls -A "$d" 2>/dev/null)" ]; then echo data=empty
+else echo data=other; fi"""
+
+
+def probe_node(ssh: Ssh, props: dict[str, Any]) -> NodeOnHost:
+    script = NODE_PROBE.format(config=shlex.quote(props["config_file"]), data=shlex.quote(props["data_dir"]),
+                               unit=UNIT_FILE, bin=shlex.quote(props["bin_dir"]))
+    out = ssh.run(script, step="look at Patroni and the data directory", check=False)
+    return parse_node_probe(out.stdout)
+
+
 class PatroniNodeProvider(HostProvider):
     CREATE_ONLY = frozenset({"bootstrap", "bootstrap_leader"})
     REPLACE_ON = frozenset({"name", "address", "scope", "namespace", "data_dir", "pg_port"})
     OBSERVED: ClassVar[dict[str, Any]] = {"running": True}
-    OUTPUTS = frozenset({"role", "timeline", "patroni_version"})
+    # `drift`: what the last refresh found wrong, in words ('' when nothing).
+    OUTPUTS = frozenset({"role", "timeline", "patroni_version", "system_identifier", "drift"})
 
     def same(self, key: str, old: Any, new: Any) -> bool:
         if key == "pg_hba":
@@ -84,19 +358,57 @@ class PatroniNodeProvider(HostProvider):
         return ssh.write_file(props["config_file"], text, step="write patroni.yml", mode="0600",
                               owner="postgres", group="postgres")
 
-    def _wait_ready(self, ssh: Ssh, props: dict[str, Any], timeout: float) -> dict[str, Any]:
-        node = api(props)
-        try:
-            return wait_for(lambda: ready_status(node), timeout=timeout, interval=0.5,
-                            what="Patroni running as leader or streaming replica",
-                            host=props["address"])
-        except SshError as err:
-            raise SshError(props["address"], err.step, f"{err}\npatroni journal:\n{_journal(ssh)}") from err
+    def _wait_ready(self, ssh: Ssh, props: dict[str, Any], timeout: float, since: int | None = None
+                    ) -> dict[str, Any]:
+        """Until Patroni runs as leader or streaming replica; stops as soon as the unit or
+        its journal (since `since`, the host's clock) shows why it cannot (StartWatch)."""
+        node, address = api(props), props["address"]
+        watch = StartWatch(props["name"])
+        since = host_clock(ssh) if since is None else since
+        last: dict[str, Any] = {}
 
-    def _outs(self, props: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        return {**public(props), "running": True, "role": status.get("role", ""),
+        def ready() -> dict[str, Any] | None:
+            status = node.patroni()
+            last.clear()
+            last.update(status)
+            return ready_status_of(status)
+
+        def blocked() -> str | None:
+            active = ssh.run("systemctl is-active patroni", step="check patroni", check=False).stdout.strip()
+            journal = ssh.run(f"journalctl -u patroni --since @{since} --no-pager -o cat | tail -n 200",
+                              step="read patroni's journal", check=False).stdout.splitlines()
+            return watch.verdict(time.monotonic(), active, journal)
+
+        def status() -> str:
+            if not last:
+                return "Patroni's REST API does not answer yet"
+            return (f"Patroni: PostgreSQL {last.get('state')}, role {last.get('role')}"
+                    + (f", replication {last['replication_state']}" if last.get("replication_state") else ""))
+
+        try:
+            return wait_for(ready, timeout=timeout, interval=0.5,
+                            what=f"Patroni on {props['name']} running as leader or streaming replica",
+                            host=address, blocked=blocked, status=status)
+        except WaitFailed as err:
+            if err.cause:
+                raise SshError(address, "start Patroni", err.cause) from err
+            raise SshError(address, err.step, f"{err}\npatroni journal:\n{_journal(ssh)}") from err
+
+    @staticmethod
+    def _system_identifier(ssh: Ssh, props: dict[str, Any], status: dict[str, Any]) -> str:
+        """The node's system identifier: Patroni's word, or, as Patroni reads it lazily and
+        may not report it just after a bootstrap, the data directory's control file."""
+        sysid = str(status.get("database_system_identifier") or "")
+        if not sysid:
+            data = probe_node(ssh, props).data
+            sysid = data if is_system_identifier(data) else ""
+        return sysid
+
+    def _outs(self, props: dict[str, Any], status: dict[str, Any], sysid: str) -> dict[str, Any]:
+        return {**public(props), "running": True, "drift": "", "role": status.get("role", ""),
                 "timeline": status.get("timeline", 0),
-                "patroni_version": status.get("patroni", {}).get("version", "")}
+                "patroni_version": status.get("patroni", {}).get("version", ""),
+                "system_identifier": sysid}
 
     def _existing_leader(self, props: dict[str, Any]) -> tuple[str, int] | None:
         """(host, port) of the running cluster's leader, from the DCS; None before bootstrap."""
@@ -109,15 +421,29 @@ class PatroniNodeProvider(HostProvider):
         url = urlparse(member.get("conn_url", ""))
         return (url.hostname, url.port or 5432) if url.hostname else None
 
-    def _wait_for_admission(self, ssh: Ssh, props: dict[str, Any]) -> bool:
-        """A joining node starts only once the leader's pg_hba admits its replication
-        connection: the existing nodes reload their pg_hba in the same `up`.
-        False when this node founds the cluster instead."""
-        leader = self._existing_leader(props)
-        if leader is None and props.get("bootstrap_leader"):
-            return False
-        host, port = leader or wait_for(lambda: self._existing_leader(props), timeout=600, interval=0.5,
-                                        what="a cluster leader to replicate from", host=props["address"])
+    def _wait_for_admission(self, ssh: Ssh, props: dict[str, Any]) -> None:
+        """A node without data starts only once there is a leader to clone from, and the
+        leader's pg_hba admits its replication connection (the existing nodes reload their
+        pg_hba in the same `up`). It never bootstraps a cluster itself: PatroniBootstrap
+        decides that, for the whole cluster."""
+        started = time.monotonic()
+
+        def no_leader() -> str | None:
+            gateway = dcs_gateway(props)
+            dcs = DcsView.read(gateway, props) if gateway is not None else None
+            return no_leader_cause(dcs, time.monotonic() - started, props)
+
+        try:
+            host, port = wait_for(lambda: self._existing_leader(props), timeout=600, interval=0.5,
+                                  what="a cluster leader to replicate from", host=props["address"],
+                                  blocked=no_leader)
+        except WaitFailed as err:
+            if not err.cause:
+                raise
+            raise SshError(props["address"], "wait for a leader to replicate from",
+                           f"{err.cause}. Bring back a node that holds the cluster's data (`pulumi refresh` "
+                           f"shows each node's state), or, if no node holds it any more, run `pulumi up "
+                           f"--refresh`: it bootstraps the cluster anew when no node has data") from err
         psql = (f"{shlex.quote(props['bin_dir'])}/psql -X -At -c 'IDENTIFY_SYSTEM' "
                 f"'host={host} port={port} user={props['users']['replication']} "
                 f"dbname=postgres replication=true connect_timeout=5'")
@@ -134,7 +460,6 @@ class PatroniNodeProvider(HostProvider):
 
         wait_for(admitted, timeout=300, interval=1, what=f"the leader {host} admitting replication",
                  host=props["address"])
-        return True
 
     def _hurry_slot(self, props: dict[str, Any]) -> None:
         """Have the leader create this node's replication slot now rather than in up to loop_wait.
@@ -158,75 +483,114 @@ class PatroniNodeProvider(HostProvider):
         except (RestError, SshError, ValueError):
             return
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
+        """Start (or reload) Patroni on the host, as plan_node allows, and wait until it runs."""
+        address = props["address"]
         with self.ssh(props) as ssh:
+            host = probe_node(ssh, props)
+            dcs = DcsView.read(wait_for_dcs(props), props)
+            plan = plan_node(props, host, dcs)
+            if plan.action == "stop":
+                raise SshError(address, "check the node before starting Patroni", plan.reason)
+            since = host_clock(ssh)
             changed = self._write_config(ssh, props)
-            active = ssh.run("systemctl is-active patroni", step="check patroni", check=False)
-            if active.stdout.strip() == "active":
+            if host.active == "active":
                 if changed:
                     ssh.run("systemctl reload patroni", step="reload patroni")
+                    time.sleep(1)
             else:
-                joining = self._wait_for_admission(ssh, props)
+                if plan.action == "clone":
+                    if host.unit or host.config_scope is not None:
+                        notify(address, f"{describe_data(host.data, props['data_dir'])}: rebuilding "
+                               f"{props['name']} from the leader", warning=True)
+                    self._wait_for_admission(ssh, props)
                 ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
                         step="start patroni")
-                if joining:
+                if plan.action == "clone":
                     self._hurry_slot(props)
-            status = self._wait_ready(ssh, props, timeout=900)
-        return CreateResult(id_=f"{props['scope']}/{props['name']}", outs=self._outs(props, status))
+            status = self._wait_ready(ssh, props, timeout=900, since=since)
+            sysid = self._system_identifier(ssh, props, status)
+        return self._outs(props, status, sysid)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props['scope']}/{props['name']}", outs=self._apply(props))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        with self.ssh(news) as ssh:
-            changed = self._write_config(ssh, news)
-            active = ssh.run("systemctl is-active patroni", step="check patroni", check=False)
-            if active.stdout.strip() != "active":
-                ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
-                        step="start patroni")
-            elif changed:
-                ssh.run("systemctl reload patroni", step="reload patroni")
-                time.sleep(1)
-            status = self._wait_ready(ssh, news, timeout=900)
-        return UpdateResult(outs=self._outs(news, status))
+        return UpdateResult(outs=self._apply(news))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """Refresh: Patroni's own word when it answers; otherwise what is on the host."""
         outs = dict(props)
+        status: dict[str, Any] | None = None
         try:
             status = api(props).patroni()
-            outs["running"] = status.get("state") == "running"
-            outs["role"] = status.get("role", "")
-            outs["timeline"] = status.get("timeline", 0)
         except RestError:
-            outs["running"] = False
+            pass
+        host, unreachable = None, ""
+        if status is None:
+            try:
+                with self.ssh(props, connect_timeout=10) as ssh:
+                    host = probe_node(ssh, props)
+            except SshError as err:
+                unreachable = str(err)
+        view = observe_node(props, status, host, unreachable)
+        outs.update(running=view.running, drift=view.drift)
+        if status is not None:
+            outs.update(role=status.get("role", ""), timeline=status.get("timeline", 0))
+        if view.drift:
+            notify(props["address"], f"Patroni node {props['name']}: {view.drift}", warning=True)
         return ReadResult(id_=id_, outs=outs)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        """Stop the node (a leader hands over first) and forget it in the DCS. What cannot
+        be reached is skipped and said; Patroni or data of another cluster is left alone."""
+        address, name, scope = props["address"], props["name"], props["scope"]
+        skipped: list[str] = []
         gateway = dcs_gateway(props)
-        leaving = f"{pgha_prefix(props['scope'])}leaving/{props['name']}"
+        leaving = f"{pgha_prefix(scope)}leaving/{name}"
         if gateway is not None:
             gateway.put(leaving, "1")  # tells a leader being removed not to hand over to us
         node = api(props)
         try:
-            node.patroni()
-            reachable = True
+            serving = (node.patroni().get("patroni") or {}).get("scope", scope)
         except RestError:
-            reachable = False
-        if reachable:
+            serving = None
+        if serving == scope:
             self._step_down_if_leader(node, props, gateway)
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
-                ssh.run("systemctl disable --now patroni >/dev/null 2>&1 || true",
-                        step="stop patroni")
-                ssh.run(f"rm -f {shlex.quote(props['config_file'])}", step="remove patroni.yml")
-                if not props.get("keep_data_on_destroy", True):
-                    ssh.run(f"rm -rf {shlex.quote(props['data_dir'])}",
-                            step="remove the data directory (postgresql.keepDataOnDestroy: false)")
+                self._remove_from_host(ssh, props, skipped)
         except SshError as err:
             if err.step != "connect over SSH":
                 raise
             # The host is gone (a dead host being replaced): clean the DCS below.
+            skipped.append(f"stopping Patroni and removing patroni.yml (unreachable: {err})")
         if gateway is not None:
             # Patroni drops its member key on a clean stop; a dead host's would linger until ttl.
             gateway.delete_key(_member_key(props))
             gateway.delete_key(leaving)
+        else:
+            skipped.append(f"removing its member key from the DCS (no healthy etcd among "
+                           f"{', '.join(props['etcd_hosts'])})")
+        if skipped:
+            notify(address, f"Patroni node {name} deleted; skipped: " + "; ".join(skipped), warning=True)
+
+    def _remove_from_host(self, ssh: Ssh, props: dict[str, Any], skipped: list[str]) -> None:
+        host = probe_node(ssh, props)
+        if host.config_scope is not None and host.config_scope != props["scope"]:
+            skipped.append(f"the host's Patroni, which is cluster {host.config_scope!r}'s")
+            return
+        ssh.run("systemctl disable --now patroni >/dev/null 2>&1 || true", step="stop patroni")
+        ssh.run(f"rm -f {shlex.quote(props['config_file'])}", step="remove patroni.yml")
+        if props.get("keep_data_on_destroy", True) or not has_data(host.data):
+            return
+        recorded = props.get("system_identifier") or ""
+        if is_system_identifier(host.data) and recorded and host.data != recorded:
+            skipped.append(f"removing {props['data_dir']} (postgresql.keepDataOnDestroy: false): it holds "
+                           f"PostgreSQL system {host.data}, not this node's {recorded}")
+            return
+        ssh.run(f"rm -rf {shlex.quote(props['data_dir'])}",
+                step="remove the data directory (postgresql.keepDataOnDestroy: false)")
 
     def _step_down_if_leader(self, node: PatroniApi, props: dict[str, Any],
                              gateway: EtcdGateway | None) -> None:
@@ -248,6 +612,8 @@ class PatroniNodeProvider(HostProvider):
             if step.action == "stop":
                 return
             if step.action == "switchover":
+                notify(props["address"], f"{props['name']} leads: switching over to {step.target} before "
+                       f"removing it")
                 resp = node.switchover(props["name"], step.target)
                 if resp.status_code in (200, 202):
                     last = f"switched over to {step.target}"
@@ -255,6 +621,8 @@ class PatroniNodeProvider(HostProvider):
                     continue  # the next look confirms the role moved
                 last = f"POST /switchover to {step.target}: HTTP {resp.status_code} {resp.text[:200]}"
             else:
+                if step.reason != last:
+                    notify(props["address"], f"{props['name']} leads; before it stops: {step.reason}")
                 last = step.reason
             time.sleep(2)
         raise SshError(props["address"], "switch over before removing the leader",

@@ -12,14 +12,22 @@ measurable share of a no-change preview (bench B2).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shlex
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import paramiko
+
+# paramiko's transport thread logs every failed handshake with a traceback, which Python's
+# last-resort handler prints into the user's output; the failure reaches the user as an
+# SshError naming the host and the step instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SshError(RuntimeError):
@@ -218,19 +226,113 @@ class Ssh:
                  step=step)
 
 
-def wait_for(predicate: Any, *, timeout: float, interval: float = 1.0, what: str,
-             host: str = "") -> Any:
-    """Poll until predicate() returns a truthy value; the error names what was awaited."""
-    deadline = time.monotonic() + timeout
+_NOTIFY_LOCK = threading.Lock()
+
+
+def notify(host: str, message: str, *, warning: bool = False) -> None:
+    """Tell the user something now, naming the host (or cluster) it is about.
+
+    A dynamic provider has no engine connection: pulumi.log prints to the provider's
+    stderr, and the engine shows each line at once as a message of the stack (checked
+    with Pulumi 3.259: `info: ...` / `warning: ...` under the stack's diagnostics). The
+    provider serves several resources on threads; one line at a time keeps them apart.
+    """
+    import pulumi
+
+    text = f"{host}: {message}" if host else message
+    with _NOTIFY_LOCK:
+        (pulumi.log.warn if warning else pulumi.log.info)(text)
+
+
+class WaitFailed(SshError):
+    """A wait that ended without what it waited for: it timed out, or it stopped early
+    because the cause that keeps it from happening was visible (`cause`).
+
+    It is an SshError because that is the step failure every provider raises and catches
+    (a wait names its host and step like any other step); `cause` is None on a timeout.
+    """
+
+    def __init__(self, host: str, what: str, detail: str, cause: str | None = None) -> None:
+        super().__init__(host, f"wait for {what}", detail)
+        self.what = what
+        self.cause = cause
+
+
+class UnitStopped:
+    """Whether a systemd unit a wait depends on has stopped, from successive
+    `systemctl is-active` answers: `failed` at once; `inactive` only when seen twice in a
+    row, since a restart passes through it (and through `deactivating`, `activating`)."""
+
+    def __init__(self) -> None:
+        self.inactive_before = False
+
+    def __call__(self, state: str) -> bool:
+        if state == "failed":
+            return True
+        stopped = state == "inactive" and self.inactive_before
+        self.inactive_before = state == "inactive"
+        return stopped
+
+
+# A wait tells the user what it waits for once it has lasted this long (shorter waits
+# are part of a step, not something to report), then every PROGRESS_EVERY seconds.
+ANNOUNCE_AFTER = 2.0
+PROGRESS_EVERY = 30.0
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 1.0, what: str,
+             host: str = "", blocked: Callable[[], str | None] | None = None, blocked_every: float = 5.0,
+             status: Callable[[], str] | None = None) -> Any:
+    """Poll until predicate() returns a truthy value, and say what is awaited while it lasts.
+
+    `blocked()` is asked every `blocked_every` seconds: a text it returns is a visible cause
+    that keeps the wait from succeeding, and ends the wait at once with that cause instead of
+    at the timeout. `status()` describes the current state for the progress messages. The
+    error names what was awaited, for how long, and the last error or status.
+    """
+    where = host or "pgha"
+    started = time.monotonic()
+    deadline = started + timeout
+    next_progress = started + ANNOUNCE_AFTER
+    next_blocked = started
+    announced = False
     last_error: Exception | None = None
+
+    def detail() -> str:
+        now = ""
+        if status is not None:
+            try:
+                now = status()
+            except Exception as err:  # noqa: BLE001 - a status is best effort
+                now = f"status unavailable: {err}"
+        parts = [p for p in (now, f"last error: {last_error}" if last_error else "") if p]
+        return f" ({'; '.join(parts)})" if parts else ""
+
     while True:
         try:
             value = predicate()
             if value:
+                if announced:
+                    notify(where, f"{what}: reached after {time.monotonic() - started:.0f}s")
                 return value
-        except Exception as err:  # noqa: BLE001 - remembered and reported on timeout
+        except Exception as err:  # noqa: BLE001 - remembered and reported
             last_error = err
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error})" if last_error else ""
-            raise SshError(host or "pgha", f"wait for {what}", f"not reached within {timeout:.0f}s{detail}")
+        now = time.monotonic()
+        if blocked is not None and now >= next_blocked:
+            next_blocked = now + blocked_every
+            try:
+                cause = blocked()
+            except Exception:  # noqa: BLE001 - a check that fails proves nothing
+                cause = None
+            if cause:
+                raise WaitFailed(where, what, f"stopped after {now - started:.0f}s: {cause}", cause=cause)
+        if now >= deadline:
+            raise WaitFailed(where, what, f"not reached within {timeout:.0f}s{detail()}")
+        if now >= next_progress:
+            if announced:
+                notify(where, f"still waiting for {what} ({now - started:.0f}s of {timeout:.0f}s){detail()}")
+            else:
+                notify(where, f"waiting for {what} (up to {timeout:.0f}s){detail()}")
+                announced = True
+            next_progress = now + PROGRESS_EVERY
         time.sleep(interval)

@@ -1,0 +1,160 @@
+"""Backup: pgBackRest for the cluster (pgha:backup), and the restore of a new cluster from
+another stanza (pgha:restore).
+
+The repository lives on the host with the `backup` role and runs the backups over SSH to
+the database hosts (pgBackRest's "dedicated repository host"). Order in an `up`:
+
+  BackupIdentity (repository host, each node)    users and SSH keys, made on the hosts
+    -> BackupRepository, BackupNode per node       pgbackrest.conf, authorized_keys, known_hosts
+    -> [BackupRestore]                             pgha:restore only: checks, and the preview's plan
+    -> Patroni (bootstrap, nodes)                  archive_command works from the first WAL segment
+    -> PatroniDynamicConfig                        archive_mode on (a rolling restart when added)
+    -> BackupStanza                                stanza-create, check, timers; the `backup` output
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import Resource
+
+from components import specs
+from components.config import BACKUP_SECRET, ClusterConfig
+from components.providers.backup_hosts import (
+    BackupIdentityProvider,
+    BackupNodeProvider,
+    BackupRepositoryProvider,
+)
+from components.providers.backup_restore import BackupRestoreProvider
+from components.providers.backup_stanza import BackupStanzaProvider
+from components.resources import GeneratedPassword
+from components.secrets import ClusterSecrets
+
+SECRET_OUTPUTS = ["secrets", "ssh_private_key"]
+
+
+def _opts(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
+    secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
+    return pulumi.ResourceOptions.merge(secret, opts) if opts else secret
+
+
+class BackupIdentity(Resource, module="pgha", name="BackupIdentity"):
+    public_key: pulumi.Output[str]
+    host_key: pulumi.Output[str]
+    pgbackrest_version: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        outs = {"public_key": None, "host_key": None, "pgbackrest_version": None}
+        super().__init__(BackupIdentityProvider(), name, {**outs, **props}, _opts(opts))
+
+
+class BackupRepository(Resource, module="pgha", name="BackupRepository"):
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(BackupRepositoryProvider(), name, {"pgbackrest_version": None, **props}, _opts(opts))
+
+
+class BackupNode(Resource, module="pgha", name="BackupNode"):
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(BackupNodeProvider(), name, props, _opts(opts))
+
+
+class BackupStanza(Resource, module="pgha", name="BackupStanza"):
+    status: pulumi.Output[dict[str, Any]]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(BackupStanzaProvider(), name, {"status": None, **props}, _opts(opts))
+
+
+class BackupRestore(Resource, module="pgha", name="BackupRestore"):
+    backup_set: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        outs = {"backup_set": None, "checked_at": None}
+        super().__init__(BackupRestoreProvider(), name, {**outs, **props}, _opts(opts))
+
+
+def cipher_passphrase(cfg: ClusterConfig, raw: dict[str, Any],
+                      parent: pulumi.Resource) -> pulumi.Output[str] | None:
+    """pgha:backupCipherPassphrase, or (labs, pgha:generatePasswords) one generated into the state."""
+    assert cfg.backup is not None
+    if not cfg.backup.encryption:
+        return None
+    if raw.get(BACKUP_SECRET):
+        return pulumi.Output.secret(str(raw[BACKUP_SECRET]))
+    return GeneratedPassword(f"{cfg.scope}-backup-cipher-password", "backup-cipher",
+                             pulumi.ResourceOptions(parent=parent)).value
+
+
+class Backup(pulumi.ComponentResource):
+    """Everything pgBackRest needs before Patroni starts; `add_stanza` adds what comes after."""
+
+    prerequisites: list[pulumi.Resource]
+    status: pulumi.Output[Any] | None
+
+    def __init__(self, name: str, cfg: ClusterConfig, raw: dict[str, Any], secrets: ClusterSecrets,
+                 guard: pulumi.Resource, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("pgha:index:Backup", name, None, opts)
+        assert cfg.backup is not None
+        self.cfg = cfg
+        self.secrets = secrets
+        repo_host = specs.backup_host(cfg)
+        self.repo_connection = specs.connection(repo_host)
+        after_guard = pulumi.ResourceOptions(parent=self, depends_on=[guard])
+
+        self.identities: dict[str, BackupIdentity] = {}
+        for host in (repo_host, *cfg.with_role("patroni")):
+            self.identities[host.name] = BackupIdentity(
+                f"{cfg.scope}-backup-identity-{host.name}",
+                self._with_key({"connection": specs.connection(host),
+                                **specs.backup_identity_spec(cfg, host)}),
+                after_guard)
+        repo_identity = self.identities[repo_host.name]
+        nodes = cfg.with_role("patroni")
+
+        repo_props: dict[str, Any] = {
+            "connection": self.repo_connection, **specs.backup_repository_spec(cfg),
+            "repo_user": specs.BACKUP_USER,
+            "node_keys": {h.name: self.identities[h.name].public_key for h in nodes},
+            "node_host_keys": {h.name: self.identities[h.name].host_key for h in nodes},
+        }
+        passphrase = cipher_passphrase(cfg, raw, self)
+        if passphrase is not None:
+            repo_props["secrets"] = pulumi.Output.secret(passphrase.apply(lambda p: {"cipher_pass": p}))
+        self.repository = BackupRepository(f"{cfg.scope}-backup-repository", self._with_key(repo_props),
+                                           pulumi.ResourceOptions(parent=self))
+
+        self.nodes: dict[str, BackupNode] = {}
+        for host in nodes:
+            self.nodes[host.name] = BackupNode(
+                f"{cfg.scope}-backup-node-{host.name}",
+                self._with_key({"connection": specs.connection(host), **specs.backup_node_spec(cfg, host),
+                                "repo_key": repo_identity.public_key,
+                                "repo_host_key": repo_identity.host_key}),
+                pulumi.ResourceOptions(parent=self, depends_on=[self.identities[host.name]]))
+
+        self.prerequisites = [self.repository, *self.nodes.values()]
+        self.restore: BackupRestore | None = None
+        if cfg.restore is not None:
+            self.restore = BackupRestore(
+                f"{cfg.scope}-restore",
+                self._with_key({"connection": self.repo_connection, **specs.backup_restore_spec(cfg)}),
+                pulumi.ResourceOptions(parent=self, depends_on=[self.repository]))
+            self.prerequisites.append(self.restore)
+        self.stanza: BackupStanza | None = None
+        self.status = None
+
+    def _with_key(self, props: dict[str, Any]) -> dict[str, Any]:
+        if self.secrets.ssh_private_key is not None:
+            props["ssh_private_key"] = self.secrets.ssh_private_key
+        return props
+
+    def add_stanza(self, after: list[pulumi.Resource]) -> BackupStanza:
+        """The stanza, its checks and timers, once the cluster runs with archive_mode on."""
+        self.stanza = BackupStanza(
+            f"{self.cfg.scope}-backup-stanza",
+            self._with_key({"connection": self.repo_connection, **specs.backup_stanza_spec(self.cfg)}),
+            pulumi.ResourceOptions(parent=self, depends_on=[*self.prerequisites, *after]))
+        self.status = self.stanza.status
+        self.register_outputs({"status": self.status})
+        return self.stanza

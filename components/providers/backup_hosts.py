@@ -1,0 +1,297 @@
+"""pgBackRest on the hosts: who runs it, its configuration, and SSH between the repository
+host and the database hosts (pgBackRest's "dedicated repository host" layout).
+
+- BackupIdentity: the OS user that runs pgBackRest on one host (pgbackrest on the
+  repository host, postgres on the nodes) and its SSH key pair, made ON the host: the
+  private key never leaves it, so it is in no state, output or command line. Its outputs
+  are the public key and the host's SSH host key.
+- BackupRepository: the repository host's stanza configuration (conf.d/<stanza>.conf,
+  0640 root:pgbackrest; the cipher passphrase alone in conf.d/<stanza>-cipher.conf, 0600
+  pgbackrest), the repository directory, and the nodes' keys in pgbackrest's
+  authorized_keys (forced to run pgbackrest only) and known_hosts.
+- BackupNode: a database host's /etc/pgbackrest/pgbackrest.conf (0640 root:postgres; no
+  secret: the repository host encrypts), and the repository's key in postgres's
+  authorized_keys and known_hosts.
+
+Several stacks may share one repository host (a restored clone uses its source's): each
+writes only its own stanza's files and only the key lines tagged with its scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from typing import Any, ClassVar
+
+from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
+
+from components import render
+from components.providers.base import HostProvider, public
+from components.transport.ssh import Ssh, SshError
+
+CONF_DIR = "/etc/pgbackrest"
+CONF_FILE = f"{CONF_DIR}/pgbackrest.conf"
+# pgBackRest forced command for authorized_keys, as in pgBackRest's user guide: the key only
+# ever runs pgbackrest (its remote), with no forwarding, pty or rc files.
+FORCED_COMMAND = 'restrict,command="/usr/bin/pgbackrest ${SSH_ORIGINAL_COMMAND#* }"'
+
+
+def key_tag(scope: str, name: str) -> str:
+    """The comment that marks a key line as this stack's (one line per host)."""
+    return f"pgha-backup:{scope}:{name}"
+
+
+def merge_managed_lines(existing: str, scope: str, lines: dict[str, str]) -> str:
+    """authorized_keys / known_hosts with this stack's lines replaced by `lines` ({host: line
+    without its tag}), every other line (the user's own, other stacks') kept as it was."""
+    prefix = f"pgha-backup:{scope}:"
+    kept = [line for line in existing.splitlines() if not line.rstrip().split(" ")[-1].startswith(prefix)]
+    ours = [f"{text.strip()} {key_tag(scope, name)}" for name, text in sorted(lines.items()) if text]
+    out = "\n".join(kept + ours)
+    return out + "\n" if out else ""
+
+
+def key_body(public_key: str) -> str:
+    """`ssh-ed25519 AAAA...` without the key's own comment."""
+    return " ".join(public_key.split()[:2])
+
+
+def authorized_key_line(public_key: str) -> str:
+    return f"{FORCED_COMMAND} {key_body(public_key)}"
+
+
+def known_host_line(address: str, host_key: str) -> str:
+    return f"{address} {key_body(host_key)}"
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def user_home(ssh: Ssh, user: str) -> tuple[str, str]:
+    """(home directory, primary group) of an OS user."""
+    out = ssh.run(f"getent passwd {shlex.quote(user)} | cut -d: -f6; id -gn {shlex.quote(user)}",
+                  step=f"look up the {user} user").stdout.split()
+    if len(out) != 2:
+        raise SshError(ssh.target.host, f"look up the {user} user", f"no user {user} on this host")
+    return out[0], out[1]
+
+
+def update_key_file(ssh: Ssh, user: str, name: str, scope: str, lines: dict[str, str]) -> bool:
+    """Rewrite this stack's lines in ~user/.ssh/<name> (0600, owned by the user)."""
+    home, group = user_home(ssh, user)
+    ssh.run(f"install -d -m 0700 -o {shlex.quote(user)} -g {shlex.quote(group)} {shlex.quote(home)}/.ssh",
+            step=f"create {home}/.ssh")
+    path = f"{home}/.ssh/{name}"
+    existing = ssh.run(f"cat {shlex.quote(path)} 2>/dev/null || true", step=f"read {path}").stdout
+    return ssh.write_file(path, merge_managed_lines(existing, scope, lines), step=f"write {path}",
+                          mode="0600", owner=user, group=group)
+
+
+def ensure_pgbackrest(ssh: Ssh) -> str:
+    """pgBackRest's version on the host, installing the distro package when it is missing."""
+    probe = "pgbackrest version 2>/dev/null"
+    found = ssh.run(probe, step="check pgBackRest", check=False)
+    if found.code != 0:
+        ssh.run("if command -v apt-get >/dev/null; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                "--no-install-recommends pgbackrest; elif command -v dnf >/dev/null; then dnf install -y "
+                "pgbackrest; else exit 1; fi", step="install pgBackRest (the pgbackrest package)",
+                check=False, timeout=600)
+        found = ssh.run(probe, step="check pgBackRest", check=False)
+        if found.code != 0:
+            raise SshError(ssh.target.host, "install pgBackRest",
+                           "pgbackrest is not installed and its package could not be installed: install "
+                           "the pgbackrest package (Debian 12: apt-get install pgbackrest)")
+    return found.stdout.strip().removeprefix("pgBackRest ").strip()
+
+
+class BackupIdentityProvider(HostProvider):
+    REPLACE_ON = frozenset({"user"})
+    OBSERVED: ClassVar[dict[str, Any]] = {"key_ok": True}
+    OUTPUTS = frozenset({"public_key", "host_key", "pgbackrest_version"})
+
+    def _probe(self, ssh: Ssh, props: dict[str, Any]) -> dict[str, Any]:
+        user = props["user"]
+        home, _group = user_home(ssh, user)
+        key = f"{home}/.ssh/id_ed25519"
+        pub = ssh.run(f"cat {shlex.quote(key)}.pub 2>/dev/null && test -s {shlex.quote(key)}",
+                      step="read the pgBackRest SSH key", check=False)
+        host_key = ssh.run("cat /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null || "
+                           "cat /etc/ssh/ssh_host_ecdsa_key.pub /etc/ssh/ssh_host_rsa_key.pub 2>/dev/null",
+                           step="read the host's SSH host key", check=False).stdout.strip().splitlines()
+        version = ssh.run("pgbackrest version 2>/dev/null", step="check pgBackRest", check=False).stdout
+        return {"public_key": key_body(pub.stdout) if pub.code == 0 else "",
+                "host_key": key_body(host_key[0]) if host_key else "",
+                "pgbackrest_version": version.strip().removeprefix("pgBackRest ").strip(),
+                "key_ok": pub.code == 0 and bool(pub.stdout.strip())}
+
+    def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
+        user = shlex.quote(props["user"])
+        with self.ssh(props) as ssh:
+            ensure_pgbackrest(ssh)
+            if props.get("create_user"):
+                # As pgBackRest's guide: a user of its own owns the repository, not postgres.
+                ssh.run(f"id -u {user} >/dev/null 2>&1 || useradd --system --user-group --create-home "
+                        f"--home-dir /home/{props['user']} --shell /bin/bash {user}",
+                        step=f"create the {props['user']} user")
+            # A locked password ('!') makes sshd refuse even key logins where PAM is off;
+            # '*' only means "no password".
+            ssh.run(f"if [ \"$(getent shadow {user} | cut -d: -f2 | cut -c1)\" = '!' ]; then "
+                    f"usermod -p '*' {user}; fi", step=f"allow key logins for {props['user']}")
+            home, group = user_home(ssh, props["user"])
+            key = shlex.quote(f"{home}/.ssh/id_ed25519")
+            comment = shlex.quote(f"{props['user']}@{props['host_name']}")
+            ssh.run(f"install -d -m 0700 -o {user} -g {shlex.quote(group)} {shlex.quote(home)}/.ssh && "
+                    f"if ! [ -s {key} ]; then rm -f {key} {key}.pub; runuser -u {user} -- ssh-keygen -q "
+                    f"-t ed25519 -N '' -C {comment} -f {key}; fi",
+                    step=f"create {props['user']}'s SSH key for pgBackRest")
+            probed = self._probe(ssh, props)
+        if not probed["host_key"]:
+            raise SshError(props["connection"]["host"], "read the host's SSH host key",
+                           "no /etc/ssh/ssh_host_*_key.pub")
+        return {**public(props), **probed}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props['scope']}/{props['host_name']}/backup-identity",
+                            outs=self._apply(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._apply(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        outs = dict(props)
+        try:
+            with self.ssh(props, connect_timeout=10) as ssh:
+                outs.update(self._probe(ssh, props))
+        except SshError:
+            outs["key_ok"] = False
+        return ReadResult(id_=id_, outs=outs)
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """The user and its key stay: another stack may share the repository host, and the
+        key is only trusted where a BackupRepository/BackupNode put it (removed with them)."""
+
+
+def repo_stanza_conf(props: dict[str, Any], detached: bool = False) -> str:
+    return render.render("pgbackrest-repo.conf.j2", detached=detached, **props)
+
+
+def node_conf(props: dict[str, Any]) -> str:
+    return render.render("pgbackrest-node.conf.j2", **props)
+
+
+def _stanza_files(stanza: str) -> tuple[str, str]:
+    return f"{CONF_DIR}/conf.d/{stanza}.conf", f"{CONF_DIR}/conf.d/{stanza}-cipher.conf"
+
+
+class BackupRepositoryProvider(HostProvider):
+    REPLACE_ON = frozenset({"stanza"})
+    OBSERVED: ClassVar[dict[str, Any]] = {"config_ok": True}
+    OUTPUTS = frozenset({"pgbackrest_version"})
+
+    def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
+        user = props["repo_user"]
+        conf, cipher = _stanza_files(props["stanza"])
+        with self.ssh(props) as ssh:
+            version = ensure_pgbackrest(ssh)
+            repo = shlex.quote(props["repo_path"])
+            ssh.run(f"install -d -m 0750 -o {user} -g {user} {repo} && "
+                    f"install -d -m 0770 -o {user} -g {user} /var/log/pgbackrest && "
+                    f"install -d -m 0755 {CONF_DIR} {CONF_DIR}/conf.d",
+                    step="create the repository and log directories")
+            ssh.write_file(CONF_FILE, render.render("pgbackrest-repo-global.conf.j2"),
+                           step=f"write {CONF_FILE}", mode="0640", owner="root", group=user)
+            ssh.write_file(conf, repo_stanza_conf(props), step=f"write {conf}", mode="0640", owner="root",
+                           group=user)
+            if props["encryption"] != "none":
+                text = (f"# Managed by pgha (stack {props['scope']}): the cipher passphrase of stanza "
+                        f"{props['stanza']}'s repository.\n[{props['stanza']}]\n"
+                        f"repo1-cipher-type={props['encryption']}\n"
+                        f"repo1-cipher-pass={props['secrets']['cipher_pass']}\n")
+                ssh.write_file(cipher, text, step=f"write {cipher}", mode="0600", owner=user, group=user)
+            else:
+                ssh.run(f"rm -f {cipher}", step=f"remove {cipher}")
+            update_key_file(ssh, user, "authorized_keys", props["scope"],
+                            {n: authorized_key_line(k) for n, k in (props.get("node_keys") or {}).items()})
+            host_keys = props.get("node_host_keys") or {}
+            update_key_file(ssh, user, "known_hosts", props["scope"],
+                            {n: known_host_line(props["pg_hosts"][n]["address"], k)
+                             for n, k in host_keys.items() if n in props["pg_hosts"]})
+        return {**public(props), "pgbackrest_version": version, "config_ok": True}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props['scope']}/{props['stanza']}/repository", outs=self._apply(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._apply(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        outs = dict(props)
+        conf, _cipher = _stanza_files(props["stanza"])
+        try:
+            with self.ssh(props, connect_timeout=10) as ssh:
+                text = ssh.run(f"cat {conf} 2>/dev/null || true", step=f"read {conf}").stdout
+            outs["config_ok"] = sha256(text) == sha256(repo_stanza_conf(props))
+        except SshError:
+            outs["config_ok"] = False
+        return ReadResult(id_=id_, outs=outs)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        """The stanza's backups and repository settings stay (restorable with pgha:restore);
+        the database hosts and their keys are detached."""
+        conf, _cipher = _stanza_files(props["stanza"])
+        try:
+            with self.ssh(props, connect_timeout=10) as ssh:
+                ssh.write_file(conf, repo_stanza_conf(props, detached=True), step=f"write {conf}",
+                               mode="0640", owner="root", group=props["repo_user"])
+                for name in ("authorized_keys", "known_hosts"):
+                    update_key_file(ssh, props["repo_user"], name, props["scope"], {})
+        except SshError as err:
+            if err.step != "connect over SSH":
+                raise
+
+
+class BackupNodeProvider(HostProvider):
+    REPLACE_ON = frozenset({"name"})
+    OBSERVED: ClassVar[dict[str, Any]] = {"config_ok": True}
+
+    def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
+        with self.ssh(props) as ssh:
+            ensure_pgbackrest(ssh)
+            ssh.run(f"install -d -m 0755 {CONF_DIR} && "
+                    "install -d -m 0750 -o postgres -g postgres /var/log/pgbackrest /var/spool/pgbackrest",
+                    step="create pgBackRest's directories")
+            ssh.write_file(CONF_FILE, node_conf(props), step=f"write {CONF_FILE}", mode="0640",
+                           owner="root", group="postgres")
+            update_key_file(ssh, "postgres", "authorized_keys", props["scope"],
+                            {"repository": authorized_key_line(props["repo_key"])})
+            update_key_file(ssh, "postgres", "known_hosts", props["scope"],
+                            {"repository": known_host_line(props["repo_host"], props["repo_host_key"])})
+        return {**public(props), "config_ok": True}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=f"{props['scope']}/{props['name']}/backup-node", outs=self._apply(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._apply(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        outs = dict(props)
+        try:
+            with self.ssh(props, connect_timeout=10) as ssh:
+                text = ssh.run(f"cat {CONF_FILE} 2>/dev/null || true", step=f"read {CONF_FILE}").stdout
+            outs["config_ok"] = sha256(text) == sha256(node_conf(props))
+        except SshError:
+            outs["config_ok"] = False
+        return ReadResult(id_=id_, outs=outs)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        try:
+            with self.ssh(props, connect_timeout=10) as ssh:
+                ssh.run(f"if grep -q 'Managed by pgha (stack {props['scope']})' {CONF_FILE} 2>/dev/null; "
+                        f"then rm -f {CONF_FILE}; fi", step=f"remove {CONF_FILE}")
+                for name in ("authorized_keys", "known_hosts"):
+                    update_key_file(ssh, "postgres", name, props["scope"], {})
+        except SshError as err:
+            if err.step != "connect over SSH":
+                raise
