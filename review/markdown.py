@@ -6,6 +6,7 @@ end kept, where the summary and errors are).
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from review.preview import (
     policy_violations,
 )
 from review.properties import MISSING, Change, step_changes, text
-from review.resources import KINDS, describe, is_logical, named, scope_of
+from review.resources import INSTALL_PARTS, KINDS, describe, install_part, is_logical, kind, named, scope_of
 
 MAX_COMMENT = 65000
 OP_ORDER = (CREATE, REPLACE, UPDATE, DELETE)
@@ -64,6 +65,24 @@ def _cell(change: Change, side: str) -> str:
     return code(text(value))
 
 
+def _script_lines(change: Change) -> list[tuple[str, str]]:
+    """The lines that differ between two multi-line scripts, paired old → new."""
+    if change.secret or not (isinstance(change.old, str) and isinstance(change.new, str)):
+        return []
+    old, new = change.old.splitlines(), change.new.splitlines()
+    if len(old) < 2 and len(new) < 2:
+        return []
+    pairs: list[tuple[str, str]] = []
+    for op, a1, a2, b1, b2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        left, right = old[a1:a2], new[b1:b2]
+        for i in range(max(len(left), len(right))):
+            pairs.append((" ".join(left[i].split()) if i < len(left) else "",
+                          " ".join(right[i].split()) if i < len(right) else ""))
+    return pairs
+
+
 def _rows_for(step: Step, scope: str) -> list[Row]:
     resource = str(named(step, scope))
     if step.op == CREATE:
@@ -75,6 +94,11 @@ def _rows_for(step: Step, scope: str) -> list[Row]:
     rows = []
     for change in found.changes:
         prop = change.path + (" (forces replace)" if change.top in replaced else "")
+        script = _script_lines(change)
+        if script:  # an install script: its changed lines, not two copies of its start
+            label = code(f"{prop} (line)")
+            rows.extend(Row(step.op, resource, label, code(old), code(new)) for old, new in script)
+            continue
         rows.append(Row(step.op, resource, code(prop), _cell(change, "old"), _cell(change, "new")))
     if not rows:
         inert = ", ".join(sorted({re.split(r"[.\[]", p, maxsplit=1)[0] for p in step.diff_reasons}))
@@ -83,16 +107,39 @@ def _rows_for(step: Step, scope: str) -> list[Row]:
     return rows
 
 
+def _install_row(op: str, parts: dict[str, Step], scope: str) -> Row:
+    """A host's install created or removed: one row (its steps named), not one per step."""
+    main = parts.get("patroni") or parts.get("cleanup") or next(iter(parts.values()))
+    what = f"{describe(main)} (steps: {', '.join(p for p in INSTALL_PARTS if p in parts)})"
+    resource = str(named(main, scope, with_part=False))
+    return Row(op, resource, "", "", code(what)) if op == CREATE else Row(op, resource, "", code(what), "")
+
+
 def table_rows(preview: Preview) -> list[Row]:
     scope = scope_of(preview)
 
-    def order(step: Step) -> tuple[int, int, tuple[int, str]]:
-        kind = KINDS.index(step.kind) if step.kind in KINDS else len(KINDS)
+    def order(step: Step) -> tuple[int, int, tuple[int, str], int]:
+        k = kind(step, scope)
+        rank = KINDS.index(k) if k in KINDS else len(KINDS)
         op = OP_ORDER.index(step.op) if step.op in OP_ORDER else len(OP_ORDER)
-        return op, kind, preview.host_key(named(step, scope).short)
+        part = install_part(step, scope)
+        step_rank = INSTALL_PARTS.index(part[1]) if part else 0
+        return op, rank, preview.host_key(named(step, scope).short), step_rank
 
     steps = sorted((s for s in preview.changes if not is_logical(s)), key=order)
-    return [row for step in steps for row in _rows_for(step, scope)]
+    # A host's install created or removed is one row, where its first step sorts.
+    entries: list[Row | tuple[str, str]] = []
+    installs: dict[tuple[str, str], dict[str, Step]] = {}
+    for step in steps:
+        part = install_part(step, scope)
+        if part and step.op in (CREATE, DELETE):
+            key = (step.op, part[0])
+            if key not in installs:
+                entries.append(key)
+            installs.setdefault(key, {})[part[1]] = step
+        else:
+            entries.extend(_rows_for(step, scope))
+    return [e if isinstance(e, Row) else _install_row(e[0], installs[e], scope) for e in entries]
 
 
 def counts_line(preview: Preview) -> str:

@@ -22,7 +22,16 @@ from components.succession import Member, SyncMode
 from components.transport.rest import LEADER_ROLES
 from review.preview import CREATE, DELETE, REPLACE, UPDATE, Preview, Step
 from review.properties import MISSING, Change, StepChanges, normalized_inputs, step_changes, text
-from review.resources import KINDS, is_logical, role_words, scope_of, short_name
+from review.resources import (
+    KINDS,
+    describe,
+    install_part,
+    is_logical,
+    role_words,
+    scope_of,
+    script_title,
+    short_name,
+)
 
 AS_OF = "as of the last up/refresh"
 TAG_MEANING = {
@@ -340,8 +349,52 @@ class _Planner:
             groups.setdefault(words, []).append(self.host(step))
         for step in self.changed("PatroniInstall", UPDATE, REPLACE):
             groups.setdefault(self._install_update(step), []).append(self.host(step))
+        self._host_installs(groups)
         for words, hosts in groups.items():
             self.lines.append(words.replace("{hosts}", names(hosts)))
+
+    def install_steps(self, *ops: str) -> dict[str, dict[str, Step]]:
+        """The install steps (components/host_install.py) of each host, by part, for these ops."""
+        found: dict[str, dict[str, Step]] = {}
+        for step in self.preview.steps:
+            part = install_part(step, self.scope)
+            if part and step.custom and step.op in ops:
+                found.setdefault(part[0], {})[part[1]] = step
+        return dict(sorted(found.items(), key=lambda item: self.preview.host_key(item[0])))
+
+    def _host_installs(self, groups: dict[str, list[str]]) -> None:
+        retired = {self.host(s) for s in self.changed("PatroniInstall", DELETE)}
+        for host, parts in self.install_steps(CREATE).items():
+            title = script_title((parts.get("patroni") or next(iter(parts.values()))).inputs.get("create"))
+            words = (f"{title or 'Patroni'} on {{hosts}}: installed, its unit written, the distro's "
+                     "PostgreSQL kept stopped")
+            if host in retired:
+                words = (f"the install on {{hosts}} moves to pulumi-command steps ({title or 'Patroni'}): "
+                         "each step checks what is there and changes nothing that is already right; "
+                         "Patroni keeps running")
+            groups.setdefault(words, []).append(host)
+        for host, parts in self.install_steps(UPDATE, REPLACE).items():
+            groups.setdefault(self._host_install_update(host, parts), []).append(host)
+
+    def _host_install_update(self, host: str, parts: dict[str, Step]) -> str:
+        found = {part: step_changes(step) for part, step in parts.items()}
+        patroni = found.get("patroni")
+        script = next((c for c in patroni.changes if c.top == "create"), None) if patroni else None
+        if script is not None:
+            old, new = script_title(script.old), script_title(script.new)
+            versions = [re.search(r"Patroni (\S+)", t) for t in (old, new)]
+            if all(versions) and versions[0].group(1) != versions[1].group(1):  # type: ignore[union-attr]
+                before, after = versions[0].group(1), versions[1].group(1)  # type: ignore[union-attr]
+                self.warn_for(host, "Patroni upgrade",
+                              f"Patroni {before} → {after} on {{hosts}}: `up` reinstalls the virtualenv but "
+                              f"does not restart Patroni, which runs {before} until its next restart.")
+                return f"Patroni {before} → {after} reinstalled on {{hosts}} (not restarted)"
+        if any("connection" in f.tops for f in found.values()):
+            return ("the install steps run again on {hosts}: its address or host key changed (each step "
+                    "checks what is there first)")
+        changed = ", ".join(f"{part} ({', '.join(sorted(f.tops)) or 'no visible change'})"
+                            for part, f in found.items())
+        return f"install steps of {{hosts}} run again: {changed}"
 
     def _install_update(self, step: Step) -> str:
         found = step_changes(step)
@@ -704,9 +757,52 @@ class _Planner:
             detail = ", ".join(words) or "no visible change"
             self.lines.append(f"role {self.host(step)} {verb} on the leader ({detail})")
 
+    def backups(self) -> None:
+        """pgBackRest (components/backup.py): repository, archiving nodes, stanza, restore."""
+        repo = self.changed("BackupRepository", CREATE, UPDATE, REPLACE)
+        nodes = self.changed("BackupNode", CREATE, UPDATE, REPLACE)
+        restore = self.changed("BackupRestore", CREATE, UPDATE, REPLACE)
+        stanza = self.changed("BackupStanza", CREATE, UPDATE, REPLACE)
+        for step in repo:
+            i = step.inputs
+            where = f"{text(i.get('repo_path'))} on {text((i.get('connection') or {}).get('host'))}"
+            if step.op == CREATE:
+                self.lines.append(f"pgBackRest: repository for stanza {text(i.get('stanza'))} in {where} "
+                                  f"({describe(step)})")
+            else:
+                self.lines.append(f"pgBackRest repository ({where}): {self._keys(step)}")
+        created = [self.host(s) for s in nodes if s.op == CREATE]
+        if created:
+            self.lines.append(f"pgBackRest on {names(created)}: pgbackrest.conf written; archive_command "
+                              f"sends WAL to the repository from the first segment")
+        for step in nodes:
+            if step.op != CREATE:
+                self.lines.append(f"pgBackRest on {self.host(step)}: {self._keys(step)}")
+        for step in restore:
+            self.lines.append(f"restore check: {describe(step)} (the new cluster is restored, not "
+                              f"initdb)")
+        for step in stanza:
+            if step.op == CREATE:
+                self.lines.append(f"pgBackRest: stanza {text(step.inputs.get('stanza'))} created and checked "
+                                  f"(stanza-create, check; a full backup when there is none); "
+                                  f"{describe(step).split('; ', 1)[-1]}")
+            else:
+                self.lines.append(f"pgBackRest stanza {text(step.inputs.get('stanza'))}: {self._keys(step)}")
+        removed = [s for s in self.preview.steps if s.custom and s.op == DELETE and s.kind in
+                   ("BackupRepository", "BackupStanza")]
+        if removed:
+            self.warn("Backups", "pgBackRest is removed from this stack: timers stop and WAL is no longer "
+                                 "archived; the repository's backups and archive stay (restorable with "
+                                 "pgha:restore).")
+
+    def _keys(self, step: Step) -> str:
+        found = step_changes(step)
+        return ", ".join(f"{c.path} {_arrow(c.old, c.new)}" for c in found.changes) or "no visible change"
+
     def unknown(self) -> None:
         """Resources this summary has no words for (a newer pgha's): named, with what changes."""
-        steps = [s for s in self.preview.changes if not is_logical(s) and s.kind not in KINDS]
+        steps = [s for s in self.preview.changes if not is_logical(s) and s.kind not in KINDS
+                 and not install_part(s, self.scope)]
         for step in sorted(steps, key=lambda s: (s.kind, self.preview.host_key(self.host(s)))):
             keys = ", ".join(sorted(step_changes(step).tops)) if step.op in (UPDATE, REPLACE) else ""
             label = f"{step.kind} {self.host(step)}".strip()
@@ -725,7 +821,11 @@ class _Planner:
                 self.warn("Role dropped", f"DROP ROLE {self.host(step)} fails while the role owns objects or "
                                           f"holds privileges.")
         nodes = self.changed("PatroniNode", DELETE)
-        installs = {self.host(s) for s in self.changed("PatroniInstall", DELETE)}
+        # A host's install is removed by its cleanup step (or, made by an older pgha, its
+        # PatroniInstall); a PatroniInstall deleted beside new install steps leaves the host alone.
+        installs = {h for h, parts in self.install_steps(DELETE).items() if "cleanup" in parts}
+        retired = {self.host(s) for s in self.changed("PatroniInstall", DELETE)}
+        installs |= retired - set(self.install_steps(CREATE))
         if destroy and nodes:
             self._destroy_nodes(nodes, installs)
         else:
@@ -837,6 +937,7 @@ def build_plan(preview: Preview) -> Plan:
         planner.dynamic_config()
         planner.leader()
         planner.roles()
+        planner.backups()
     planner.unknown()
     planner.deletions(destroy)
     planner.secrets()

@@ -9,15 +9,48 @@ from typing import Any
 from review.preview import Preview, Step
 from review.properties import normalized_inputs, text
 
-# The dynamic resources `up` acts on, in the order the README lists them.
-KINDS = ("MembershipGuard", "EtcdMember", "PatroniCluster", "PatroniInstall", "PatroniBootstrap",
-         "PatroniNode", "PatroniDynamicConfig", "PatroniLeader", "HAProxyConfig", "DatabaseRole",
+# The resources `up` acts on, in the order the README lists them. A host's install is the
+# steps of its PatroniHostInstall component (components/host_install.py), one kind here:
+# pulumi-command's Command and CopyToRemote and the PatroniHostCleanup, named
+# `<scope>-install-<host>-<part>`; PatroniInstall is the one resource older pgha made instead.
+INSTALL = "Install"
+INSTALL_KINDS = ("Command", "CopyToRemote", "PatroniHostCleanup")
+INSTALL_PARTS = ("wheelhouse", "patroni", "distro", "unit", "cleanup")
+KINDS = ("MembershipGuard", "EtcdMember", "PatroniCluster", "PatroniInstall", INSTALL, "BackupIdentity",
+         "BackupRepository", "BackupNode", "BackupRestore", "PatroniBootstrap", "PatroniNode",
+         "PatroniDynamicConfig", "PatroniLeader", "BackupStanza", "HAProxyConfig", "DatabaseRole",
          "GeneratedPassword")
 # Resources whose `name` input is the host's or the role's name.
-_NAMED_BY_INPUT = ("EtcdMember", "PatroniNode", "PatroniBootstrap", "DatabaseRole")
+_NAMED_BY_INPUT = ("EtcdMember", "PatroniNode", "PatroniBootstrap", "DatabaseRole", "BackupNode")
 # The part of a resource name after `<scope>-` that precedes the host or role name.
 _NAME_PREFIX = {"EtcdMember": "etcd-", "PatroniInstall": "install-", "PatroniNode": "node-",
-                "HAProxyConfig": "haproxy-", "DatabaseRole": "role-"}
+                "HAProxyConfig": "haproxy-", "DatabaseRole": "role-", "BackupIdentity": "backup-identity-",
+                "BackupNode": "backup-node-"}
+
+
+def install_part(step: Step, scope: str) -> tuple[str, str] | None:
+    """(host, part) for a step of a host's install (`pg5`, `patroni`), else None."""
+    if step.kind not in INSTALL_KINDS:
+        return None
+    rest = step.name.removeprefix(f"{scope}-")
+    if not rest.startswith("install-") or "-" not in rest.removeprefix("install-"):
+        return None
+    host, part = rest.removeprefix("install-").rsplit("-", 1)
+    return (host, part) if part in INSTALL_PARTS else None
+
+
+def kind(step: Step, scope: str) -> str:
+    """The kind a reviewer reads: `Install` for each step of a host's install."""
+    return INSTALL if install_part(step, scope) else step.kind
+
+
+def script_title(script: Any) -> str:
+    """What an install script does, from its first comment line (`# pgha on pg5 (addr): ...`)."""
+    for line in str(script or "").splitlines():
+        line = line.strip().lstrip("'")
+        if line.startswith("# pgha on ") and ": " in line:
+            return line.split(": ", 1)[1]
+    return ""
 
 
 def is_logical(step: Step) -> bool:
@@ -39,13 +72,18 @@ class Named:
 
     kind: str
     short: str
+    part: str = ""  # which step of a host's install
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.short}" if self.short else self.kind
+        name = f"{self.kind} {self.short}" if self.short else self.kind
+        return f"{name} ({self.part})" if self.part else name
 
 
 def short_name(step: Step, scope: str) -> str:
     """The host a host resource sits on, the role's name, or '' for cluster-wide ones."""
+    part = install_part(step, scope)
+    if part:
+        return part[0]
     name = step.inputs.get("name")
     if step.kind in _NAMED_BY_INPUT and isinstance(name, str):
         return name
@@ -60,7 +98,10 @@ def short_name(step: Step, scope: str) -> str:
     return ""
 
 
-def named(step: Step, scope: str) -> Named:
+def named(step: Step, scope: str, with_part: bool = True) -> Named:
+    part = install_part(step, scope)
+    if part:
+        return Named(INSTALL, part[0], part[1] if with_part else "")
     return Named(step.kind, short_name(step, scope))
 
 
@@ -106,6 +147,28 @@ def describe(step: Step) -> str:
             return f"leader {i['leader']}" if i.get("leader") else "no preferred leader"
         case "GeneratedPassword":
             return f"{text(i.get('length'))} characters, kept encrypted in the state"
+        case "Command":
+            return script_title(i.get("create")) or text(i.get("create"), 60)
+        case "CopyToRemote":
+            return f"upload to ~/{text(i.get('remotePath'))} (the SSH user's home)"
+        case "PatroniHostCleanup":
+            return script_title(i.get("script")) or "removes the install when the host leaves"
+        case "BackupIdentity":
+            made = " (created)" if i.get("create_user") else ""
+            return f"user {text(i.get('user'))} and its SSH key{made}"
+        case "BackupRepository":
+            retention = i.get("retention") or {}
+            return (f"stanza {text(i.get('stanza'))} in {text(i.get('repo_path'))}, "
+                    f"{text(i.get('encryption'))}, keeps {text(retention.get('full'))} full backups")
+        case "BackupNode":
+            return f"archive_command to {text(i.get('repo_user'))}@{text(i.get('repo_host'))}"
+        case "BackupStanza":
+            schedule = ", ".join(f"{k} {text(v)}" for k, v in sorted((i.get("schedule") or {}).items()))
+            return f"stanza-create, check; backups {schedule or 'on demand only'}"
+        case "BackupRestore":
+            target = i.get("target") or {}
+            return (f"restore from stanza {text(i.get('from_stanza'))} to {text(target.get('kind'))} "
+                    f"{text(target.get('value', ''))}").strip()
     # A type this summary does not know: its first plain inputs.
     plain = [f"{k}={text(v, 40)}" for k, v in sorted(i.items())
              if k not in ("scope", "secrets", "connection") and not k.startswith("__")

@@ -23,7 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: {text}")
 
 
-def _private_pulumi_home(home: Path) -> Path:
+def private_pulumi_home(home: Path) -> Path:
     """A PULUMI_HOME of the test's own (workspaces, credentials) that shares the plugins
     `scripts/install-pulumi` installed (the pulumi-command provider)."""
     shared = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi") / "plugins"
@@ -47,7 +47,7 @@ class PulumiCli:
             "PULUMI_CONFIG_PASSPHRASE": passphrase,
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-            "PULUMI_HOME": str(_private_pulumi_home(backend_dir / ".pulumi-home")),
+            "PULUMI_HOME": str(private_pulumi_home(backend_dir / ".pulumi-home")),
         })
         self.env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
 

@@ -167,5 +167,12 @@ class ProjectCopy:
         return changes
 
 
+def install_resources(host: str, scope: str = "pgha-lab", wheelhouse: bool = True) -> set[str]:
+    """The resources of one host's install (components/host_install.py): the component and its steps."""
+    parts = ["patroni", "distro", "unit", "cleanup", *(["wheelhouse"] if wheelhouse else [])]
+    base = f"{scope}-install-{host}"
+    return {base, *(f"{base}-{part}" for part in parts)}
+
+
 def host(name: str, roles: list[str]) -> dict[str, Any]:
     return {"name": name, "address": f"10.77.0.{10 + int(name[2:])}", "roles": roles}

@@ -22,7 +22,7 @@ import requests
 from components.providers.haproxy_config import backend_status
 from lab import Lab
 from scripts.lab_stack import link_wheelhouse
-from tests.cluster.conftest import ProjectCopy, host, patroni_members, wait_until
+from tests.cluster.conftest import ProjectCopy, host, install_resources, patroni_members, wait_until
 from tests.cluster.workload import WriteLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
@@ -99,7 +99,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
 def test_add_a_replica(scenario: Scenario) -> None:
     scenario.load.reset_counters()
     steps = scenario.apply([*scenario.hosts, host("pg5", ["patroni"])])
-    assert set(steps.get("create", {})) == {"pgha-lab-install-pg5", "pgha-lab-node-pg5"}, steps
+    assert set(steps.get("create", {})) == {*install_resources("pg5"), "pgha-lab-node-pg5"}, steps
     assert steps.get("update") == {
         "pgha-lab-cluster": ["members"],
         "pgha-lab-node-pg1": ["pg_hba"], "pgha-lab-node-pg2": ["pg_hba"], "pgha-lab-node-pg3": ["pg_hba"],
@@ -109,6 +109,8 @@ def test_add_a_replica(scenario: Scenario) -> None:
     assert "pg_hba reloaded on pg1, pg2, pg3 (admits pg5)" in review, review
     assert "pg5 starts once the leader's pg_hba admits it, clones from the leader" in review, review
     assert "Expect no write interruption" in review, review
+    assert "on pg5: installed, its unit written" in review, review
+    assert "| **Install pg5** |" in review, review
     wait_until(lambda: settled({"pg1", "pg2", "pg3", "pg5"}), timeout=60, what="pg5 streaming")
     assert set(haproxy_servers()["pgha-lab_primary"]) == {"pg1", "pg2", "pg3", "pg5"}
     wait_until(lambda: haproxy_servers()["pgha-lab_replicas"].get("pg5") == "UP", timeout=30,
@@ -121,11 +123,13 @@ def test_add_a_replica(scenario: Scenario) -> None:
 def test_remove_a_replica(scenario: Scenario) -> None:
     scenario.load.reset_counters()
     steps = scenario.apply([h for h in scenario.hosts if h["name"] != "pg5"])
-    assert set(steps.get("delete", {})) == {"pgha-lab-install-pg5", "pgha-lab-node-pg5"}, steps
+    assert set(steps.get("delete", {})) == {*install_resources("pg5"), "pgha-lab-node-pg5"}, steps
     assert steps.get("update") == {
         "pgha-lab-cluster": ["members"],
         "pgha-lab-node-pg1": ["pg_hba"], "pgha-lab-node-pg2": ["pg_hba"], "pgha-lab-node-pg3": ["pg_hba"],
         "pgha-lab-haproxy-pg4": ["primary_servers", "replica_servers"]}, steps
+    review = scenario.project.last_review
+    assert "stops and leaves the cluster; its Patroni unit and virtualenv are removed" in review, review
     wait_until(lambda: settled({"pg1", "pg2", "pg3"}), timeout=60, what="3 members again")
     assert "pg5" not in haproxy_servers()["pgha-lab_primary"]
     assert scenario.load.failures == [], scenario.load.failures[:5]
@@ -139,7 +143,7 @@ def test_remove_the_current_leader(scenario: Scenario) -> None:
     # The leader's host keeps its etcd member; only its Patroni node goes.
     hosts = [dict(h, roles=["etcd"]) if h["name"] == leader else h for h in scenario.hosts]
     steps = scenario.apply(hosts)
-    assert set(steps.get("delete", {})) == {f"pgha-lab-install-{leader}", f"pgha-lab-node-{leader}"}, steps
+    assert set(steps.get("delete", {})) == {*install_resources(leader), f"pgha-lab-node-{leader}"}, steps
     assert f"switchover {leader} →" in scenario.project.last_review, scenario.project.last_review
     remaining = {"pg1", "pg2", "pg3"} - {leader}
     wait_until(lambda: settled(remaining), timeout=60, what="two members after the leader left")

@@ -157,16 +157,16 @@ def test_a_replica_from_backup() -> None:
 
 
 def test_a_resource_type_the_summary_does_not_know_still_shows() -> None:
-    """A newer pgha's resource (a backup stanza, say) is listed by name, never dropped."""
+    """A newer pgha's resource (a connection pooler, say) is listed by name, never dropped."""
     preview = load("add-replica")
     extra = Step(op="create", urn="urn:pulumi:lab::pgha::pgha:index:PostgresHaCluster$pulumi-python:dynamic/"
-                                  "pgha:BackupStanza::pgha-lab-stanza", kind="BackupStanza",
-                 name="pgha-lab-stanza", type="pulumi-python:dynamic/pgha:BackupStanza",
-                 new_inputs={"scope": "pgha-lab", "stanza": "pgha-lab"})
+                                  "pgha:PgBouncer::pgha-lab-pooler", kind="PgBouncer",
+                 name="pgha-lab-pooler", type="pulumi-python:dynamic/pgha:PgBouncer",
+                 new_inputs={"scope": "pgha-lab", "pool_mode": "transaction"})
     preview = dataclasses.replace(preview, steps=(*preview.steps, extra))
-    assert ("BackupStanza stanza: create (no plan wording for this resource type: read its rows below)"
+    assert ("PgBouncer pooler: create (no plan wording for this resource type: read its rows below)"
             in build_plan(preview).lines)
-    assert Row("create", "BackupStanza stanza", "", "", "`stanza=pgha-lab`") in table_rows(preview)
+    assert Row("create", "PgBouncer pooler", "", "", "`pool_mode=transaction`") in table_rows(preview)
 
 
 def test_first_change_after_an_upgrade_reads_like_any_other() -> None:
