@@ -24,13 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi_command import remote
 
 from components import install_steps as steps
-from components.command_connection import FileReader, unknown_secret
+from components.command_connection import FileReader
 from components.install_steps import InstallPlan
 from components.resources import PatroniHostCleanup
 
@@ -43,18 +44,30 @@ class PatroniHostInstallArgs:
     host_connection: dict[str, Any]  # the dynamic providers' (specs.connection), for the cleanup
     unit: str  # the systemd unit's text (render.patroni_unit)
     ssh_private_key: pulumi.Output[str] | None = None  # the secret pgha:sshPrivateKey, if set
-    # The wheelhouse to upload (wheelhouse installs); unknown in a preview that cannot read it.
-    wheelhouse: pulumi.Input[pulumi.Archive] | None = None
+    # The wheelhouse to upload (wheelhouse installs).
+    wheelhouse: Wheelhouse | None = None
     # What every step waits for (a refused membership change stops before any host is touched).
     depends_on: Sequence[pulumi.Resource] = ()
 
 
-def wheelhouse_archive(path: str, reader: FileReader) -> pulumi.Input[pulumi.Archive]:
-    """The wheelhouse directory as an archive (the engine hashes its files: new wheels upload
-    again); unknown in a preview on a machine without it."""
+# What a preview without the wheelhouse shows instead (see its README).
+PLACEHOLDER = Path(__file__).resolve().parent / "placeholders" / "no-wheelhouse"
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    """The upload's source: the wheelhouse directory as an archive (the engine hashes its files:
+    new wheels upload again), or, in a preview on a machine without it, the placeholder, with
+    the stored source kept (`ignore_changes`)."""
+
+    archive: pulumi.Archive
+    available: bool
+
+
+def wheelhouse_archive(path: str, reader: FileReader) -> Wheelhouse:
     if reader.directory(path, "pgha:patroni.install.wheelhouse", "the wheelhouse"):
-        return pulumi.FileArchive(path)
-    return unknown_secret()
+        return Wheelhouse(pulumi.FileArchive(path), True)
+    return Wheelhouse(pulumi.FileArchive(str(PLACEHOLDER)), False)
 
 
 def _version(stdout: str | None) -> str:
@@ -83,9 +96,16 @@ class PatroniHostInstall(pulumi.ComponentResource):
         before_install: list[pulumi.Resource] = []
         if plan.method == "wheelhouse":
             # A relative path: the SSH user's home, which it may write without a root step first.
+            assert args.wheelhouse is not None
+            # An upload runs again only when its files change, not when the host does: a host
+            # re-imaged under the stack (a new host key in known_hosts) gets it anew. It has no
+            # `delete`, so that replacement removes nothing.
             self.wheelhouse = remote.CopyToRemote(
-                f"{name}-wheelhouse", connection=conn, source=args.wheelhouse, remote_path=steps.UPLOAD_DIR,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)))
+                f"{name}-wheelhouse", connection=conn, source=args.wheelhouse.archive,
+                remote_path=steps.UPLOAD_DIR, triggers=[conn.host_key],
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=list(args.depends_on),
+                    ignore_changes=[] if args.wheelhouse.available else ["source"]))
             before_install = [self.wheelhouse]
         secret_stdin = steps.install_stdin(plan)
         self.patroni = command(

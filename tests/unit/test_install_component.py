@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pytest
 
+from components.host_install import PLACEHOLDER
 from tests.unit.configs import lab_raw
 
 ED = "AAAAC3NzaC1lZDI1NTE5AAAAIPQA+Se1jAR9iwwkpXz2eq/8O+PvwnsXPZTTSjEbepTO"
@@ -173,7 +174,12 @@ def test_a_preview_without_the_files_still_runs(tmp_path: Path) -> Any:
     cluster = _program(raw)
 
     def check(_: Any) -> None:
-        assert "pgha-lab-install-pg1-patroni" in mocks.named("pgha-lab-install-pg1")
+        steps = mocks.named("pgha-lab-install-pg1")
+        assert "pgha-lab-install-pg1-patroni" in steps
+        # pulumi-command refuses an upload whose source is not a directory, even in a preview:
+        # the placeholder stands in, and the stored source is kept (ignore_changes).
+        source = steps["pgha-lab-install-pg1-wheelhouse"].inputs["source"]
+        assert isinstance(source, pulumi.FileArchive) and source.path == str(PLACEHOLDER), source
 
     return _settled(cluster.patroni.installs["pg1"]).apply(check)
 
