@@ -366,8 +366,10 @@ class _Planner:
         retired = {self.host(s) for s in self.changed("PatroniInstall", DELETE)}
         for host, parts in self.install_steps(CREATE).items():
             title = script_title((parts.get("patroni") or next(iter(parts.values()))).inputs.get("create"))
-            words = (f"{title or 'Patroni'} on {{hosts}}: installed, its unit written, the distro's "
-                     "PostgreSQL kept stopped")
+            # The plan says what and where; the table row has the whole title (venv, source).
+            found = re.match(r"Patroni (\S+) in \S+, from the (wheelhouse|index)", title)
+            words = (f"Patroni {found.group(1)} installed ({found.group(2)}) on {{hosts}}" if found else
+                     f"{title or 'Patroni installed'} on {{hosts}}")
             if host in retired:
                 words = (f"the install on {{hosts}} moves to pulumi-command steps ({title or 'Patroni'}): "
                          "each step checks what is there and changes nothing that is already right; "
@@ -388,13 +390,15 @@ class _Planner:
                 self.warn_for(host, "Patroni upgrade",
                               f"Patroni {before} → {after} on {{hosts}}: `up` reinstalls the virtualenv but "
                               f"does not restart Patroni, which runs {before} until its next restart.")
-                return f"Patroni {before} → {after} reinstalled on {{hosts}} (not restarted)"
+                venv = re.search(r"Patroni \S+ in (\S+?),", new)
+                into = f" into {venv.group(1)}" if venv else ""
+                return f"Patroni {before} → {after} reinstalled{into} on {{hosts}} (not restarted)"
         if any("connection" in f.tops for f in found.values()):
             return ("the install steps run again on {hosts}: its address or host key changed (each step "
                     "checks what is there first)")
-        changed = ", ".join(f"{part} ({', '.join(sorted(f.tops)) or 'no visible change'})"
-                            for part, f in found.items())
-        return f"install steps of {{hosts}} run again: {changed}"
+        said = [_new_comments(f) or f"{part} ({', '.join(sorted(f.tops)) or 'no visible change'})"
+                for part, f in found.items()]
+        return f"install steps run again on {{hosts}}: {'; '.join(said)}"
 
     def _install_update(self, step: Step) -> str:
         found = step_changes(step)
@@ -888,6 +892,18 @@ class _Planner:
                             f"password (superuser, replication, rewind) reaches patroni.yml and Patroni "
                             f"connects with it, but Patroni does not change the role's password in "
                             f"PostgreSQL.")
+
+
+def _new_comments(found: StepChanges) -> str:
+    """What a changed install script now does that it did not: its new comment lines."""
+    words: list[str] = []
+    for change in found.changes:
+        if change.top not in ("create", "script") or not isinstance(change.new, str):
+            continue
+        old = set(change.old.splitlines()) if isinstance(change.old, str) else set()
+        words += [line.strip().removeprefix("# ") for line in change.new.splitlines()
+                  if line.strip().startswith("# ") and line not in old and not line.startswith("# pgha on ")]
+    return "; ".join(words)
 
 
 def _num(value: Any) -> float:

@@ -265,7 +265,10 @@ def drift(step: Step) -> list[Change]:
     found = []
     if provider is not None:
         drifted = getattr(provider, "drifted", None)
-        keys = drifted(olds, step.new_inputs) if drifted is not None else [
+        # Against what the stack declared when the refresh ran (the stored inputs), not the new
+        # inputs: a refreshed value that differs only from the edit under review is no drift.
+        declared = normalized_inputs(step.kind, step.old_inputs)
+        keys = drifted(olds, declared) if drifted is not None else [
             k for k, want in provider.OBSERVED.items() if k in olds and olds[k] != want]
         for key in keys:
             seen = olds.get(key, MISSING)

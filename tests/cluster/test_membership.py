@@ -109,7 +109,7 @@ def test_add_a_replica(scenario: Scenario) -> None:
     assert "pg_hba reloaded on pg1, pg2, pg3 (admits pg5)" in review, review
     assert "pg5 starts once the leader's pg_hba admits it, clones from the leader" in review, review
     assert "Expect no write interruption" in review, review
-    assert "on pg5: installed, its unit written" in review, review
+    assert "Patroni 4.1.5 installed (wheelhouse) on pg5" in review, review
     assert "| **Install pg5** |" in review, review
     wait_until(lambda: settled({"pg1", "pg2", "pg3", "pg5"}), timeout=60, what="pg5 streaming")
     assert set(haproxy_servers()["pgha-lab_primary"]) == {"pg1", "pg2", "pg3", "pg5"}

@@ -25,6 +25,7 @@ from review.markdown import MAX_COMMENT, Row, code, marker, render, table_rows
 from review.plan import Plan, build_plan, etcd_shape, quorum, tolerated
 from review.preview import SAME, Preview, Step, parse_preview
 from review.properties import SECRET_SIG, SECRET_SIG_KEY, diff_inputs, ignored_keys, text
+from review.resources import named, scope_of
 from tests.conftest import ROOT, PulumiCli
 
 FIXTURES = ROOT / "tests" / "fixtures" / "previews"
@@ -82,11 +83,11 @@ def test_leaf_changes_agree_with_the_engines_detailed_diff(name: str) -> None:
     """Where the engine computed a property diff, every changed property it names is in the table."""
     preview = load(name)
     rows = table_rows(preview)
+    scope = scope_of(preview)
     for step in preview.changes:
         if not step.detailed_diff or step.kind == "MembershipGuard":
             continue
-        props = " ".join(r.prop for r in rows if r.resource.endswith(step.name.rsplit("-", 1)[-1])
-                         or r.resource.split(" ")[0] == step.kind)
+        props = " ".join(r.prop for r in rows if r.resource == str(named(step, scope)))
         for path in step.detailed_diff:
             top = path.split("[", 1)[0].split(".", 1)[0]
             if top in ignored_keys(step.kind):
@@ -119,7 +120,13 @@ def test_new_stack_bootstraps_and_interrupts_nothing() -> None:
     )
     assert plan.concerns == ()
     assert plan.expect == "Expect a new cluster: there is nothing to interrupt."
-    assert "**21 to create**" in comment("new-stack")
+    assert "**33 to create**" in comment("new-stack")
+    # A host's install is one row, its steps named.
+    rows = [r for r in table_rows(load("new-stack")) if r.resource.startswith("Install")]
+    assert [r.resource for r in rows] == ["Install pg1", "Install pg2", "Install pg3"]
+    assert rows[0].new == ("`Patroni 4.1.5 in /opt/patroni, from the wheelhouse uploaded to "
+                           "~pgha/pgha-wheelhouse/wheelhouse "
+                           "(steps: wheelhouse, patroni, distro, unit, cleanup)`")
 
 
 def test_add_replica() -> None:
@@ -141,7 +148,7 @@ def test_add_replica() -> None:
                "`host replication replicator 10.77.0.15/32 scram-sha-256`") in rows
     assert Row("update", "HAProxyConfig pg4", "`replica_servers.pg5`", "",
                "`10.77.0.15:5432 maxconn 150 check port 8008`") in rows
-    assert "**2 to create · 5 to update · 16 unchanged**" in comment("add-replica")
+    assert "**6 to create · 5 to update · 28 unchanged**" in comment("add-replica")
 
 
 def test_a_replica_from_backup() -> None:
@@ -246,9 +253,9 @@ def test_the_recorded_current_leader_wins_over_node_roles() -> None:
 
 
 def test_an_unknown_leader_is_said_so() -> None:
-    """Without `role` outputs (never refreshed) and no current_leader, the removal is conditional."""
+    """Without `role` outputs (never refreshed) and no `current_leader`, the removal is conditional."""
     preview = load("remove-leader-host")
-    steps = tuple(dataclasses.replace(s, old_outputs={}) if s.kind == "PatroniNode" else s
+    steps = tuple(dataclasses.replace(s, old_outputs={}) if s.kind in ("PatroniNode", "PatroniLeader") else s
                   for s in preview.steps)
     plan = build_plan(dataclasses.replace(preview, steps=steps))
     assert ("Patroni: if pg1 leads when `up` runs, it first switches over to the replica with the least lag "
@@ -273,6 +280,8 @@ def test_remove_an_etcd_member() -> None:
     plan = plan_of("remove-etcd-member")
     assert plan.lines == (
         "etcd: pg3 leaves last, once nothing else needs it (below)",
+        # What the changed install script now does, from its new comment lines.
+        "install steps run again on pg3: not an etcd member: the etcd of the distro is stopped and disabled",
         "patroni.yml lists the new etcd endpoints, reloaded on pg1, pg2, pg3",
         "etcd: pg3 removed through the v3 API and stopped (its data directory set aside as "
         "<dir>.removed-<time>): 3 → 2 members, quorum 2 → 2, tolerates 1 → 0 failures",
@@ -411,7 +420,8 @@ def test_replaced_node() -> None:
     assert plan.lines == (
         "etcd: pg3 is replaced (address changes): removed through the v3 API, then added again as a learner "
         "and promoted",
-        "Patroni installed on pg3 at its new address (the install checks the version there)",
+        "the install steps run again on pg3: its address or host key changed (each step checks what is there "
+        "first)",
         "pg_hba reloaded on pg1, pg2 (pg3's lines change)",
         "patroni.yml lists the new etcd endpoints, reloaded on pg1, pg2",
         "Patroni: pg3 is replaced (address changes): it stops and leaves; its data directory "
