@@ -186,7 +186,7 @@ def _preflight(plan: InstallPlan, index_shown: str) -> list[str]:
 
 
 def patroni_script(plan: InstallPlan) -> str:
-    req = sh_word(f"patroni[etcd3]=={plan.version}")
+    req = '"patroni[etcd3]==$version"'  # the version is stated once, at the top
     if plan.method == "wheelhouse":
         source = f"the wheelhouse uploaded to {plan.remote_wheelhouse}"
         head = [f"wheels={plan.remote_wheelhouse}"]
