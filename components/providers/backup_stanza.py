@@ -250,16 +250,28 @@ class BackupStanzaProvider(HostProvider):
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs=self._apply(news))
 
+    def _unreachable(self, props: dict[str, Any], err: SshError) -> dict[str, Any]:
+        """The status while the repository host does not answer: the backups last seen, marked
+        as such, and the leader's archiver as it is now (WAL piles up there meanwhile)."""
+        try:
+            archive = self._archiver(props)
+        except (SshError, ValueError, IndexError) as failure:
+            archive = {"healthy": False, "error": str(failure)[-300:]}
+        return {**(props.get("status") or {}), "stanza": props["stanza"], "repository": props["repository"],
+                "checked_at": _iso(time.time()), "repository_status": f"unreachable: {str(err)[-300:]}",
+                "archive": archive}
+
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         outs = dict(props)
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
                 status = self._status(ssh, props)
                 outs["timers_ok"] = self._timers_ok(ssh, props)
-            outs["status"] = status
-            outs["archiving_ok"] = bool((status.get("archive") or {}).get("healthy"))
-        except SshError:
-            outs["archiving_ok"] = False
+        except SshError as err:
+            status = self._unreachable(props, err)
+        outs["status"] = status
+        outs["archiving_ok"] = bool((status.get("archive") or {}).get("healthy")) and \
+            not str(status.get("repository_status", "")).startswith("unreachable")
         return ReadResult(id_=id_, outs=outs)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ a point in time. Under a write load through HAProxy: archiving from the first mi
 (`pgbackrest check`), a full backup (the documented command), a switchover, a
 differential backup, a timestamp, and the clone holding exactly the rows committed
 before it; no WAL gap (`pgbackrest verify`); a failing archive_command seen as drift;
+the repository host down for a while (WAL kept, the failure shown, archiving catching up);
 destroy keeping the backups; pgha:backup added to a running cluster (pg7, pg8 again).
 """
 
@@ -350,6 +351,66 @@ def test_refresh_shows_a_failing_archive_command_as_drift(bk: Backups) -> None:
     bk.project.run("up", "--yes", "--skip-preview")
     bk.timed("pulumi up repairing archiving", started)
     assert bk.outputs()["backup"]["archive"]["healthy"] is True
+    assert bk.project.preview_changes() == {}
+
+
+def _archiver(bk: Backups) -> dict[str, Any]:
+    with bk.primary(autocommit=True) as conn:
+        row = conn.execute("SELECT failed_count, last_failed_time > coalesce(last_archived_time, 'epoch'), "
+                           "last_archived_wal FROM pg_stat_archiver").fetchone()
+    assert row is not None
+    return {"failed_count": row[0], "failing": bool(row[1]), "last_archived_wal": row[2]}
+
+
+def _ready_segments(bk: Backups, leader: str) -> int:
+    """WAL segments the leader keeps because they are not archived yet."""
+    out = bk.lab.ssh(leader, "sudo find /var/lib/postgresql/15/pgha-lab/pg_wal/archive_status "
+                             "-name '*.ready' | wc -l", check=False).stdout.strip()
+    return int(out or 0)
+
+
+def test_repository_host_down_loses_nothing(bk: Backups) -> None:
+    """The repository host down for a while under write load: writes go on, the leader keeps
+    its WAL, a refresh shows the failure (and completes), and once the host is back archiving
+    catches up with no gap; nothing acknowledged is lost."""
+    leader = leader_of("10.77.0.11")
+    bk.load.reset_counters()
+    bk.load.start()
+    bk.lab.crash(REPO)
+    down = time.monotonic()
+    for _ in range(4):  # a few segments to archive while the repository is away
+        time.sleep(2)
+        with bk.primary(autocommit=True) as conn:
+            conn.execute("SELECT pg_switch_wal()")
+    wait_until(lambda: _archiver(bk)["failing"], timeout=60, what="archive_command failing on the leader")
+    kept = _ready_segments(bk, leader)
+    assert kept >= 1, "the leader kept no WAL for the archive"
+
+    started = time.monotonic()
+    bk.project.run("refresh", "--run-program", "--yes")
+    bk.timed("pulumi refresh with the repository host down", started)
+    status = bk.outputs()["backup"]
+    assert status["repository_status"].startswith("unreachable: 10.77.0.15"), status
+    assert status["archive"]["healthy"] is False and status["archive"]["failed_count"] > 0, status
+    assert "pgha-lab-backup-stanza" in bk.project.preview_changes().get("update", {})
+    assert bk.load.failures == [], bk.load.failures[:3]  # archiving failing does not stop writes
+
+    bk.lab.start(REPO)
+    wait_until(lambda: not _archiver(bk)["failing"] and _ready_segments(bk, leader) == 0, timeout=180,
+               what="archiving caught up (no .ready segment left on the leader)")
+    bk.timed(f"repository host down, then archiving caught up ({kept} segments kept meanwhile)", down)
+    bk.load.stop()
+    assert bk.load.missing() == []
+    bk.repo(f"pgbackrest --stanza={STANZA} check")
+    verify = bk.lab.ssh(REPO, f"cd / && sudo -u pgbackrest pgbackrest --stanza={STANZA} "
+                              "--log-level-console=info verify", check=False, timeout=600)
+    text = verify.stdout + verify.stderr
+    assert verify.returncode == 0, text
+    assert not re.search(r"missing|invalid|error", text.split("verify command begin")[-1], re.I), text
+
+    bk.project.run("refresh", "--run-program", "--yes")
+    status = bk.outputs()["backup"]
+    assert status["archive"]["healthy"] is True and not status["repository_status"].startswith("unreachable")
     assert bk.project.preview_changes() == {}
 
 
