@@ -48,6 +48,8 @@ class PatroniHostInstallArgs:
     wheelhouse: Wheelhouse | None = None
     # What every step waits for (a refused membership change stops before any host is touched).
     depends_on: Sequence[pulumi.Resource] = ()
+    # False in a preview that cannot read known_hosts: the host key is unknown there.
+    host_key_known: bool = True
 
 
 # What a preview without the wheelhouse shows instead (see its README).
@@ -105,7 +107,9 @@ class PatroniHostInstall(pulumi.ComponentResource):
                 remote_path=steps.UPLOAD_DIR, triggers=[conn.host_key],
                 opts=pulumi.ResourceOptions(
                     parent=self, depends_on=list(args.depends_on),
-                    ignore_changes=[] if args.wheelhouse.available else ["source"]))
+                    # What this machine cannot read (a pull request's preview) is no change.
+                    ignore_changes=[*([] if args.wheelhouse.available else ["source"]),
+                                    *([] if args.host_key_known else ["triggers"])]))
             before_install = [self.wheelhouse]
         secret_stdin = steps.install_stdin(plan)
         self.patroni = command(

@@ -3,6 +3,7 @@ per host, and the database roles created on the leader."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pulumi
@@ -41,6 +42,7 @@ def _install(cfg: ClusterConfig, host: Host, secrets: ClusterSecrets, reader: Fi
         wheelhouse=wheelhouse_archive(plan.wheelhouse, reader) if plan.wheelhouse else None,
         # A refused membership change must stop before any host is touched.
         depends_on=[guard],
+        host_key_known=os.access(os.path.expanduser(host.ssh.known_hosts_file), os.R_OK),
     )
 
 
