@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
 
+from scripts.lab_stack import WHEELHOUSE_LINK
 from tests.cluster.conftest import NODES, PRIMARY, REPLICAS, Deployed, cluster_view, ssh_accepts, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
@@ -104,6 +106,24 @@ def test_second_up_and_preview_change_nothing_and_open_no_ssh(deployed: Deployed
     assert after - before == len(deployed.lab.hosts), "preview/up with unchanged config opened SSH sessions"
     assert "unchanged" in preview.stdout and "unchanged" in up.stdout
     print(f"\nno-change pulumi preview: {preview_seconds:.1f}s; first up: {deployed.up_seconds:.1f}s")
+
+
+def test_a_pull_requests_preview_without_key_known_hosts_or_wheelhouse_shows_no_change(
+        deployed: Deployed) -> None:
+    """A pull request's CI job has the state and the passphrase, not the SSH key, known_hosts or
+    the wheelhouse: its preview still runs and shows no change where there is none."""
+    files = [Path(deployed.lab.inv.private_key), Path(deployed.lab.inv.known_hosts), WHEELHOUSE_LINK]
+    moved = [(path, path.with_name(path.name + ".away")) for path in files]
+    try:
+        for path, away in moved:
+            path.rename(away)
+        preview = deployed.cli.run("preview", "--stack", "lab", "--expect-no-changes", "--diff")
+    finally:
+        for path, away in moved:
+            if away.exists() or away.is_symlink():
+                away.rename(path)
+    assert "is not readable here: the preview shows host keys as unchanged" in preview.stdout
+    assert "replace" not in preview.stdout, preview.stdout[-3000:]
 
 
 def test_refresh_shows_drift_and_up_repairs_it(deployed: Deployed) -> None:
