@@ -17,11 +17,8 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
-import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ import requests
 
 from lab import Lab
 from scripts.lab_stack import LAB_PASSPHRASE, link_wheelhouse
+from tests.cluster.baseline import baseline_tree, install_today
 from tests.cluster.conftest import ProjectCopy, host, ssh_accepts, wait_until
 from tests.cluster.package_index import IndexBehindProxy, free_port, index_behind_proxy
 from tests.cluster.workload import WriteLoad
@@ -42,7 +40,6 @@ pytestmark = pytest.mark.cluster
 
 # main before the host steps became pulumi-command resources (PatroniInstall, a dynamic provider)
 BASELINE = "f523243"
-PROGRAM = ("Pulumi.yaml", "__main__.py", "components", "templates")
 STEPS = ("patroni", "distro", "unit")
 CLEANUP = "pulumi-python:dynamic/pgha:PatroniHostCleanup"
 
@@ -247,26 +244,6 @@ def test_a_dead_host_can_be_removed(proxied: Proxied) -> None:
 # --- upgrading a stack deployed with the PatroniInstall dynamic provider ---------------------
 
 
-def _baseline_tree(dest: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", BASELINE, *PROGRAM,
-                              "stacks/Pulumi.lab.yaml"], capture_output=True, check=False)
-    if archive.returncode != 0:
-        pytest.fail(f"git archive {BASELINE} failed (a clone with history is needed): "
-                    f"{archive.stderr.decode()[-500:]}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(dest, filter="data")
-
-
-def _install_today(project: Path) -> None:
-    for name in PROGRAM:
-        target = project / name
-        if target.is_dir():
-            shutil.rmtree(target)
-            shutil.copytree(ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(ROOT / name, target)
-
-
 def _types(cli: PulumiCli) -> dict[str, str]:
     state = json.loads(cli.run("stack", "export", "--stack", "lab").stdout)
     return {r["urn"].rsplit("::", 1)[1]: r["type"] for r in state["deployment"]["resources"]}
@@ -295,7 +272,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
     base = tmp_path_factory.mktemp("install-upgrade")
     project = base / "project"
     project.mkdir()
-    _baseline_tree(project)
+    baseline_tree(project, BASELINE)
     (project / ".venv").symlink_to(ROOT / ".venv")
     lab = Lab.up(4)
     cli = PulumiCli(project, base / "state", passphrase=LAB_PASSPHRASE)
@@ -312,7 +289,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
         load.start()
         load.assert_progressing()
         pids, leader = _patroni_pids(lab), _leader()
-        _install_today(project)
+        install_today(project)
         sessions = ssh_accepts(lab)
         started = time.monotonic()
         up = cli.run("up", "--yes", "--skip-preview", "--stack", "lab")

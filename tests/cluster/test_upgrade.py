@@ -9,11 +9,7 @@ leaf and applied.
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
-import subprocess
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,33 +18,13 @@ import pytest
 
 from lab import Lab
 from scripts.lab_stack import LAB_PASSPHRASE, link_wheelhouse
+from tests.cluster.baseline import baseline_tree, install_today
 from tests.cluster.conftest import NODES, wait_until
 from tests.conftest import ROOT, PulumiCli
 
 pytestmark = pytest.mark.cluster
 
 BASELINE = "c244e34"  # main before the review-shaped inputs
-PROGRAM = ("Pulumi.yaml", "__main__.py", "components", "templates")
-
-
-def _baseline_tree(dest: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", BASELINE, *PROGRAM,
-                              "stacks/Pulumi.lab.yaml"], capture_output=True, check=False)
-    if archive.returncode != 0:
-        pytest.fail(f"git archive {BASELINE} failed (a clone with history is needed): "
-                    f"{archive.stderr.decode()[-500:]}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(dest, filter="data")
-
-
-def _install_today(project: Path) -> None:
-    for name in PROGRAM:
-        target = project / name
-        if target.is_dir():
-            shutil.rmtree(target)
-            shutil.copytree(ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(ROOT / name, target)
 
 
 @dataclass
@@ -63,7 +39,7 @@ def upgrade(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Itera
     base = tmp_path_factory.mktemp("upgrade")
     project = base / "project"
     project.mkdir()
-    _baseline_tree(project)
+    baseline_tree(project, BASELINE)
     (project / ".venv").symlink_to(ROOT / ".venv")
     lab = Lab.up(4)
     cli = PulumiCli(project, base / "state", passphrase=LAB_PASSPHRASE)
@@ -71,7 +47,7 @@ def upgrade(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Itera
         link_wheelhouse(lab)
         cli.run("stack", "init", "lab")
         cli.run("up", "--yes", "--skip-preview", "--stack", "lab")
-        _install_today(project)
+        install_today(project)
         yield Upgrade(lab=lab, cli=cli, project=project)
         cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab", check=False)
     finally:
