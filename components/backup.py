@@ -20,7 +20,8 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from components import specs
-from components.config import BACKUP_SECRET, ClusterConfig
+from components.command_connection import FileReader
+from components.config import BACKUP_SECRET, S3_SECRET, ClusterConfig
 from components.providers.backup_hosts import (
     BackupIdentityProvider,
     BackupNodeProvider,
@@ -119,10 +120,21 @@ class Backup(pulumi.ComponentResource):
             "node_host_keys": {h.name: self.identities[h.name].host_key for h in nodes},
         }
         passphrase = cipher_passphrase(cfg, raw, self)
-        if passphrase is not None:
-            repo_props["secrets"] = pulumi.Output.secret(passphrase.apply(lambda p: {"cipher_pass": p}))
+        s3_secret = pulumi.Output.secret(str(raw[S3_SECRET])) if cfg.backup.s3 is not None else None
+        if passphrase is not None or s3_secret is not None:
+            repo_props["secrets"] = pulumi.Output.secret(pulumi.Output.all(passphrase, s3_secret).apply(
+                lambda both: {k: v for k, v in (("cipher_pass", both[0]), ("s3_key_secret", both[1])) if v}))
+        ignore: list[str] = []
+        if cfg.backup.s3 is not None and cfg.backup.s3.ca_file:
+            # The CA's certificate (public) travels as an input; a preview on a machine without the
+            # file (a pull request's CI job) keeps the stored one.
+            reader = FileReader(dry_run=pulumi.runtime.is_dry_run())
+            ca = reader.read(cfg.backup.s3.ca_file, "pgha:backup.s3.caFile", "the S3 CA certificate")
+            if ca is None:
+                ignore.append("s3_ca")
+            repo_props["s3_ca"] = ca or ""
         self.repository = BackupRepository(f"{cfg.scope}-backup-repository", self._with_key(repo_props),
-                                           pulumi.ResourceOptions(parent=self))
+                                           pulumi.ResourceOptions(parent=self, ignore_changes=ignore))
 
         self.nodes: dict[str, BackupNode] = {}
         for host in nodes:

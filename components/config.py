@@ -181,7 +181,7 @@ TOP_LEVEL_KEYS = (
     "scope", "namespace", "production", "generatePasswords", "ssh", "hosts", "etcd",
     "patroni", "postgresql", "dcs", "initdb", "clientCidrs", "pgHba", "roles", "haproxy",
     "sshPrivateKey", "rolePasswords", "restartPolicy", "leader", *SECRET_KEYS,
-    "backup", "restore", "backupCipherPassphrase",
+    "backup", "restore", "backupCipherPassphrase", "backupS3KeySecret",
 )
 
 DEFAULT_PARAMETERS: dict[str, Any] = {
@@ -624,13 +624,33 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
 # --- Backups and point-in-time recovery (pgBackRest) -------------------------------------------
 
 BACKUP_KEYS = ("stanza", "repoPath", "retention", "compression", "archiveAsync", "processMax",
-               "encryption", "schedule", "archiveTimeout")
+               "encryption", "schedule", "archiveTimeout", "s3")
 RESTORE_KEYS = ("fromStanza", "target")
 COMPRESS_TYPES = ("none", "gz", "lz4", "zst", "bz2")
 # Parameters pgha:backup sets on every node: a stack that also set them by hand would fight it.
 BACKUP_PARAMETERS = ("archive_mode", "archive_command", "restore_command")
 BACKUP_SECRET = "backupCipherPassphrase"
+S3_SECRET = "backupS3KeySecret"
+S3_KEYS = ("endpoint", "port", "bucket", "region", "uriStyle", "keyId", "caFile", "verifyTls")
 STANZA_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+# pgBackRest 2.45 matches a server certificate by DNS name only (not an IP address).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DNS_NAME_RE = rf"(?=.*[A-Za-z]){_LABEL}(\.{_LABEL})*"
+BUCKET_RE = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+
+
+@dataclass(frozen=True)
+class S3Repository:
+    """An S3-type repository (pgha:backup.s3), reached from the repository host over HTTPS."""
+
+    endpoint: str  # a DNS name: the certificate must carry it
+    port: int
+    bucket: str
+    region: str
+    uri_style: str  # "host" | "path"
+    key_id: str  # repo1-s3-key; the secret key is pgha:backupS3KeySecret
+    ca_file: str | None  # on the machine running pulumi; copied to the repository host
+    verify_tls: bool
 
 
 @dataclass(frozen=True)
@@ -651,6 +671,8 @@ class BackupSettings:
     schedule_full: str | None
     schedule_diff: str | None
     archive_timeout: str
+    # None: a posix repository in repo_path on the repository host.
+    s3: S3Repository | None = None
 
 
 @dataclass(frozen=True)
@@ -843,11 +865,13 @@ def _load_backup(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
     if why:
         problems.add("backup.archiveTimeout", why)
     diff_retention = retention.get("diff")
+    s3 = _load_s3(problems, raw, secret_keys, data.get("s3"))
     return BackupSettings(
         stanza=as_str(problems, "backup.stanza", data.get("stanza"), scope or "main", pattern=STANZA_RE,
                       what="stanza name (letters, digits, '-', '_', '.')"),
-        repo_path=as_str(problems, "backup.repoPath", data.get("repoPath"), "/var/lib/pgbackrest",
-                         pattern=ABS_PATH_RE, what="absolute path"),
+        repo_path=as_str(problems, "backup.repoPath", data.get("repoPath"),
+                         "/pgbackrest" if s3 else "/var/lib/pgbackrest", pattern=ABS_PATH_RE,
+                         what="absolute path"),
         retention_full=as_int(problems, "backup.retention.full", retention.get("full"), 2, minimum=1,
                               maximum=9999999),
         retention_diff=None if diff_retention is None else as_int(
@@ -857,7 +881,40 @@ def _load_backup(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
         process_max=as_int(problems, "backup.processMax", data.get("processMax"), 2, minimum=1, maximum=999),
         encryption=encryption,
         schedule_full=calendars["full"], schedule_diff=calendars["diff"],
-        archive_timeout=archive_timeout,
+        archive_timeout=archive_timeout, s3=s3,
+    )
+
+
+def _load_s3(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
+             value: Any) -> S3Repository | None:
+    if S3_SECRET in raw and S3_SECRET not in secret_keys:
+        problems.add(S3_SECRET, f"must be a secret: pulumi config set --secret pgha:{S3_SECRET} ...")
+    if value is None:
+        if raw.get(S3_SECRET):
+            problems.add(S3_SECRET, "is set but pgha:backup.s3 is not")
+        return None
+    data = as_mapping(problems, "backup.s3", value)
+    check_unknown_keys(problems, "backup.s3", data, S3_KEYS)
+    if not raw.get(S3_SECRET):
+        problems.add(S3_SECRET, f"missing secret (the S3 secret access key): pulumi config set --secret "
+                                f"pgha:{S3_SECRET} ...")
+    uri_style = as_str(problems, "backup.s3.uriStyle", data.get("uriStyle"), "host")
+    if uri_style not in ("host", "path"):
+        problems.add("backup.s3.uriStyle", f"{uri_style!r} is not one of host, path")
+    ca_file = data.get("caFile")
+    return S3Repository(
+        endpoint=as_str(problems, "backup.s3.endpoint", data.get("endpoint"), None,
+                        pattern=DNS_NAME_RE,
+                        what="DNS name (pgBackRest checks the certificate by name, not by IP)"),
+        port=as_int(problems, "backup.s3.port", data.get("port"), 443, minimum=1, maximum=65535),
+        bucket=as_str(problems, "backup.s3.bucket", data.get("bucket"), None, pattern=BUCKET_RE,
+                      what="S3 bucket name (3-63 lowercase letters, digits, '.', '-')"),
+        region=as_str(problems, "backup.s3.region", data.get("region"), None),
+        uri_style=uri_style,
+        key_id=as_str(problems, "backup.s3.keyId", data.get("keyId"), None),
+        ca_file=None if ca_file is None else as_str(problems, "backup.s3.caFile", ca_file,
+                                                   pattern=ABS_PATH_RE, what="absolute path"),
+        verify_tls=as_bool(problems, "backup.s3.verifyTls", data.get("verifyTls"), True),
     )
 
 

@@ -341,6 +341,12 @@ def backup_repository_spec(cfg: ClusterConfig) -> dict[str, Any]:
         "compression": _compression(cfg),
         "process_max": backup.process_max,
         "encryption": "aes-256-cbc" if backup.encryption else "none",
+        # An S3 repository (left out: posix, in repo_path on the repository host). The secret key
+        # and the CA's text are added by the component (components/backup.py).
+        **({} if backup.s3 is None else {"s3": {
+            "endpoint": backup.s3.endpoint, "port": backup.s3.port, "bucket": backup.s3.bucket,
+            "region": backup.s3.region, "uri_style": backup.s3.uri_style, "key_id": backup.s3.key_id,
+            "verify_tls": backup.s3.verify_tls}}),
         # pgBackRest's pgN-host entries: every database host, found by its address.
         "pg_hosts": {h.name: {"address": h.address, "port": pg.port, "data_dir": pg.data_dir,
                               "socket_dir": SOCKET_DIR}
@@ -376,7 +382,8 @@ def backup_stanza_spec(cfg: ClusterConfig) -> dict[str, Any]:
     return {
         "scope": cfg.scope,
         "stanza": backup.stanza,
-        "repository": f"{repo.name}:{backup.repo_path}",
+        "repository": (f"s3://{backup.s3.bucket}{backup.repo_path} at {backup.s3.endpoint}"
+                       if backup.s3 else f"{repo.name}:{backup.repo_path}"),
         "repo_user": BACKUP_USER,
         "schedule": {kind: calendar for kind, calendar in
                      (("full", backup.schedule_full), ("diff", backup.schedule_diff)) if calendar},

@@ -173,7 +173,8 @@ class BackupIdentityProvider(HostProvider):
 
 
 def repo_stanza_conf(props: dict[str, Any], detached: bool = False) -> str:
-    return render.render("pgbackrest-repo.conf.j2", detached=detached, **props)
+    ca = s3_ca_file(props["stanza"]) if props.get("s3_ca") else None
+    return render.render("pgbackrest-repo.conf.j2", detached=detached, s3_ca_file=ca, **props)
 
 
 def node_conf(props: dict[str, Any]) -> str:
@@ -181,7 +182,26 @@ def node_conf(props: dict[str, Any]) -> str:
 
 
 def _stanza_files(stanza: str) -> tuple[str, str]:
+    """The stanza's settings, and its secrets alone (0600): the cipher passphrase, the S3 secret key."""
     return f"{CONF_DIR}/conf.d/{stanza}.conf", f"{CONF_DIR}/conf.d/{stanza}-cipher.conf"
+
+
+def s3_ca_file(stanza: str) -> str:
+    return f"{CONF_DIR}/conf.d/{stanza}-s3-ca.crt"
+
+
+def repo_secrets_conf(props: dict[str, Any]) -> str:
+    """The stanza's secret options, or "" when it has none (pure)."""
+    secrets = props.get("secrets") or {}
+    lines = []
+    if props["encryption"] != "none":
+        lines += [f"repo1-cipher-type={props['encryption']}", f"repo1-cipher-pass={secrets['cipher_pass']}"]
+    if props.get("s3"):
+        lines.append(f"repo1-s3-key-secret={secrets['s3_key_secret']}")
+    if not lines:
+        return ""
+    return (f"# Managed by pgha (stack {props['scope']}): the secrets of stanza {props['stanza']}'s "
+            f"repository.\n[{props['stanza']}]\n" + "\n".join(lines) + "\n")
 
 
 class BackupRepositoryProvider(HostProvider):
@@ -194,20 +214,21 @@ class BackupRepositoryProvider(HostProvider):
         conf, cipher = _stanza_files(props["stanza"])
         with self.ssh(props) as ssh:
             version = ensure_pgbackrest(ssh)
-            repo = shlex.quote(props["repo_path"])
-            ssh.run(f"install -d -m 0750 -o {user} -g {user} {repo} && "
-                    f"install -d -m 0770 -o {user} -g {user} /var/log/pgbackrest && "
+            # A posix repository is a directory here; an S3 one lives in its bucket.
+            repo = "" if props.get("s3") else (
+                f"install -d -m 0750 -o {user} -g {user} {shlex.quote(props['repo_path'])} && ")
+            ssh.run(f"{repo}install -d -m 0770 -o {user} -g {user} /var/log/pgbackrest && "
                     f"install -d -m 0755 {CONF_DIR} {CONF_DIR}/conf.d",
                     step="create the repository and log directories")
+            if props.get("s3_ca"):
+                ca = s3_ca_file(props["stanza"])
+                ssh.write_file(ca, props["s3_ca"], step=f"write {ca}", mode="0644")
             ssh.write_file(CONF_FILE, render.render("pgbackrest-repo-global.conf.j2"),
                            step=f"write {CONF_FILE}", mode="0640", owner="root", group=user)
             ssh.write_file(conf, repo_stanza_conf(props), step=f"write {conf}", mode="0640", owner="root",
                            group=user)
-            if props["encryption"] != "none":
-                text = (f"# Managed by pgha (stack {props['scope']}): the cipher passphrase of stanza "
-                        f"{props['stanza']}'s repository.\n[{props['stanza']}]\n"
-                        f"repo1-cipher-type={props['encryption']}\n"
-                        f"repo1-cipher-pass={props['secrets']['cipher_pass']}\n")
+            text = repo_secrets_conf(props)
+            if text:
                 ssh.write_file(cipher, text, step=f"write {cipher}", mode="0600", owner=user, group=user)
             else:
                 ssh.run(f"rm -f {cipher}", step=f"remove {cipher}")

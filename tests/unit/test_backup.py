@@ -18,6 +18,7 @@ from components.providers.backup_hosts import (
     authorized_key_line,
     merge_managed_lines,
     node_conf,
+    repo_secrets_conf,
     repo_stanza_conf,
 )
 from components.providers.backup_restore import BackupRestoreProvider, choose_backup, parse_target_time
@@ -478,3 +479,58 @@ def test_repository_diff_is_leaf_by_leaf() -> None:
     news = {**specs.backup_repository_spec(cfg), "retention": {"full": 3, "diff": None}}
     result = BackupRepositoryProvider().diff("id", olds, news)
     assert result.changes is None and not result.replaces
+
+
+# --- an S3 repository ----------------------------------------------------------------------
+
+S3 = {"endpoint": "s3.pgha.lab", "port": 7070, "bucket": "pgbackrest", "region": "us-east-1",
+      "uriStyle": "path", "keyId": "pgha-lab-key", "caFile": "/etc/pgha/s3-ca.crt"}
+S3_SECRET = "s3-Secret/with+chars"
+
+
+def test_s3_repository_config_errors_name_their_keys() -> None:
+    raw = backup_raw(s3={"endpoint": "10.0.0.9", "bucket": "B", "uriStyle": "virtual", "port": 0, "tls": 1})
+    assert set(problems_of(raw)) == {
+        "pgha:backup.s3.tls: unknown key; allowed: bucket, caFile, endpoint, keyId, port, region, uriStyle, "
+        "verifyTls",
+        "pgha:backupS3KeySecret: missing secret (the S3 secret access key): pulumi config set --secret "
+        "pgha:backupS3KeySecret ...",
+        "pgha:backup.s3.uriStyle: 'virtual' is not one of host, path",
+        "pgha:backup.s3.endpoint: '10.0.0.9' is not a valid DNS name (pgBackRest checks the certificate by "
+        "name, not by IP)",
+        "pgha:backup.s3.port: must be at least 1, got 0",
+        "pgha:backup.s3.bucket: 'B' is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
+        "pgha:backup.s3.region: is required",
+        "pgha:backup.s3.keyId: is required",
+    }
+    raw = backup_raw(s3=S3)
+    raw["backupS3KeySecret"] = S3_SECRET
+    assert any(p.startswith("pgha:backupS3KeySecret: must be a secret") for p in problems_of(raw)), raw
+    raw = backup_raw()
+    raw["backupS3KeySecret"] = S3_SECRET
+    assert any("is set but pgha:backup.s3 is not" in p for p in problems_of(raw, {*secret_keys(),
+                                                                              "backupS3KeySecret"}))
+
+
+def test_s3_repository_files() -> None:
+    raw = backup_raw(s3=S3)
+    raw["backupS3KeySecret"] = S3_SECRET
+    cfg = load_cluster_config(raw, {*secret_keys(), "backupS3KeySecret"})
+    assert cfg.backup is not None and cfg.backup.repo_path == "/pgbackrest"
+    props = {**specs.backup_repository_spec(cfg), "repo_user": "pgbackrest", "s3_ca": "-----BEGIN...",
+             "secrets": {"cipher_pass": PASSPHRASE, "s3_key_secret": S3_SECRET}}
+    stanza = _ini(repo_stanza_conf(props))[cfg.backup.stanza]
+    assert (stanza["repo1-type"], stanza["repo1-path"], stanza["repo1-s3-bucket"]) == ("s3", "/pgbackrest",
+                                                                                    "pgbackrest")
+    assert (stanza["repo1-s3-endpoint"], stanza["repo1-storage-port"]) == ("s3.pgha.lab", "7070")
+    assert (stanza["repo1-s3-uri-style"], stanza["repo1-s3-region"]) == ("path", "us-east-1")
+    assert stanza["repo1-s3-key"] == "pgha-lab-key" and stanza["repo1-storage-verify-tls"] == "y"
+    assert stanza["repo1-storage-ca-file"].endswith("-s3-ca.crt")
+    assert S3_SECRET not in repo_stanza_conf(props)  # only in the 0600 secrets file
+    secret = _ini(repo_secrets_conf(props))[cfg.backup.stanza]
+    assert secret["repo1-s3-key-secret"] == S3_SECRET and secret["repo1-cipher-pass"] == PASSPHRASE
+    status = specs.backup_stanza_spec(cfg)["repository"]
+    assert status == "s3://pgbackrest/pgbackrest at s3.pgha.lab"
+    # A posix repository has no secrets file without encryption.
+    plain = {**specs.backup_repository_spec(lab_backup()), "encryption": "none", "secrets": {}}
+    assert repo_secrets_conf(plain) == ""
