@@ -122,8 +122,9 @@ def test_a_pull_requests_preview_without_key_known_hosts_or_wheelhouse_shows_no_
         for path, away in moved:
             if away.exists() or away.is_symlink():
                 away.rename(path)
-    assert "is not readable here: the preview shows host keys as unchanged" in preview.stdout
-    assert "replace" not in preview.stdout, preview.stdout[-3000:]
+    said = preview.stdout + preview.stderr
+    assert "is not readable here: the preview shows host keys as unchanged" in said, said[-3000:]
+    assert "replace" not in preview.stdout and "unchanged" in preview.stdout, preview.stdout[-3000:]
 
 
 def test_refresh_shows_drift_and_up_repairs_it(deployed: Deployed) -> None:
