@@ -19,7 +19,6 @@ writes only its own stanza's files and only the key lines tagged with its scope.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from typing import Any, ClassVar
 
@@ -62,10 +61,6 @@ def authorized_key_line(public_key: str) -> str:
 
 def known_host_line(address: str, host_key: str) -> str:
     return f"{address} {key_body(host_key)}"
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def user_home(ssh: Ssh, user: str) -> tuple[str, str]:
@@ -181,6 +176,16 @@ def node_conf(props: dict[str, Any]) -> str:
     return render.render("pgbackrest-node.conf.j2", **props)
 
 
+def _file_is(provider: HostProvider, props: dict[str, Any], path: str, expected: str) -> bool:
+    """What a refresh reads back: the file on the host is exactly `expected` (False when the host
+    does not answer)."""
+    try:
+        with provider.ssh(props, connect_timeout=10) as ssh:
+            return ssh.run(f"cat {path} 2>/dev/null || true", step=f"read {path}").stdout == expected
+    except SshError:
+        return False
+
+
 def _stanza_files(stanza: str) -> tuple[str, str]:
     """The stanza's settings, and its secrets alone (0600): the cipher passphrase, the S3 secret key."""
     return f"{CONF_DIR}/conf.d/{stanza}.conf", f"{CONF_DIR}/conf.d/{stanza}-cipher.conf"
@@ -247,15 +252,9 @@ class BackupRepositoryProvider(HostProvider):
         return UpdateResult(outs=self._apply(news))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        outs = dict(props)
         conf, _cipher = _stanza_files(props["stanza"])
-        try:
-            with self.ssh(props, connect_timeout=10) as ssh:
-                text = ssh.run(f"cat {conf} 2>/dev/null || true", step=f"read {conf}").stdout
-            outs["config_ok"] = sha256(text) == sha256(repo_stanza_conf(props))
-        except SshError:
-            outs["config_ok"] = False
-        return ReadResult(id_=id_, outs=outs)
+        ok = _file_is(self, props, conf, repo_stanza_conf(props))
+        return ReadResult(id_=id_, outs={**props, "config_ok": ok})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """The stanza's backups and repository settings stay (restorable with pgha:restore);
@@ -297,14 +296,8 @@ class BackupNodeProvider(HostProvider):
         return UpdateResult(outs=self._apply(news))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        outs = dict(props)
-        try:
-            with self.ssh(props, connect_timeout=10) as ssh:
-                text = ssh.run(f"cat {CONF_FILE} 2>/dev/null || true", step=f"read {CONF_FILE}").stdout
-            outs["config_ok"] = sha256(text) == sha256(node_conf(props))
-        except SshError:
-            outs["config_ok"] = False
-        return ReadResult(id_=id_, outs=outs)
+        ok = _file_is(self, props, CONF_FILE, node_conf(props))
+        return ReadResult(id_=id_, outs={**props, "config_ok": ok})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         try:
