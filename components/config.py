@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components import pg_params
+from components.tls_config import CA_KEY_SECRET, TlsSettings, load_tls
 from components.validation import (
     ABS_PATH_RE,
     IDENT_RE,
@@ -172,6 +173,8 @@ class ClusterConfig:
     # pgBackRest (pgha:backup) and a cluster bootstrapped from a backup (pgha:restore).
     backup: BackupSettings | None = None
     restore: RestoreSettings | None = None
+    # pgha:tls (components/tls_config.py): on unless the stack turns it off.
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def with_role(self, role: str) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if role in h.roles)
@@ -181,7 +184,7 @@ TOP_LEVEL_KEYS = (
     "scope", "namespace", "production", "generatePasswords", "ssh", "hosts", "etcd",
     "patroni", "postgresql", "dcs", "initdb", "clientCidrs", "pgHba", "roles", "haproxy",
     "sshPrivateKey", "rolePasswords", "restartPolicy", "leader", *SECRET_KEYS,
-    "backup", "restore", "backupCipherPassphrase", "backupS3KeySecret",
+    "backup", "restore", "backupCipherPassphrase", "backupS3KeySecret", "tls", CA_KEY_SECRET,
 )
 
 DEFAULT_PARAMETERS: dict[str, Any] = {
@@ -558,6 +561,7 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
     backup = _load_backup(problems, raw, secret_keys, hosts, scope, generate, production)
     restore = _load_restore(problems, raw.get("restore"), backup)
     _check_backup_parameters(problems, raw_postgres, backup)
+    tls = load_tls(problems, raw, secret_keys, hosts)
 
     _check_ports(problems, hosts, {
         "backup": {},
@@ -617,7 +621,7 @@ def load_cluster_config(raw: dict[str, Any], secret_keys: set[str] | None = None
         hosts=hosts, etcd=etcd, patroni=patroni, postgresql=postgres, dcs=dcs,
         initdb=tuple(initdb), client_cidrs=cidrs, pg_hba_extra=tuple(hba_extra), roles=roles,
         haproxy=haproxy, restart_policy=restart_policy, leader=leader, ssh=ssh, secrets_present=present,
-        backup=backup, restore=restore,
+        backup=backup, restore=restore, tls=tls,
     )
 
 
