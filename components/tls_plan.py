@@ -1,0 +1,146 @@
+"""Which certificates a cluster needs, when one is due for renewal, and what turning TLS on or off
+means for a reviewer (pure: config model and certificate facts in, plans and words out).
+
+Certificates per host (one key each, readable only by the service that uses it):
+
+- ``<host>-etcd`` (etcd hosts, owned by etcd): etcd's client *and* peer listener; peers dial each
+  other with it, so it is a client certificate too.
+- ``<host>-patroni`` (Patroni hosts, owned by postgres): Patroni's REST API and PostgreSQL (server),
+  Patroni's etcd3 client and patronictl's REST client (client).
+- ``<host>-haproxy`` (balancers, only with ``restApiVerifyClient: required``): HAProxy's checks.
+- ``pgha-client``: pgha's own calls to etcd and Patroni from the machine running pulumi.
+
+Every certificate carries a subjectAltName (RFC 5280 verifiers, cryptography's included, want one
+on client certificates too). Server certificates name the host as Patroni, etcd and libpq reach
+it: its address and its name, and the loopback (127.0.0.1, localhost) for the local listeners and
+patronictl on the node.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from components.config import ClusterConfig, Host
+from components.tls import CertificateInfo, CertificateRequest
+from components.tls_config import TlsSettings, certificate_hosts
+
+CLIENT = "pgha-client"
+LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_ADDRESSES = ("127.0.0.1",)
+
+
+@dataclass(frozen=True)
+class PlannedCertificate:
+    """A certificate the stack issues: its resource name, the host (None: pgha's client) and the
+    service user that will own its key file on that host."""
+
+    name: str
+    host: str | None
+    owner: str | None
+    request: CertificateRequest
+
+
+def ca_common_name(cfg: ClusterConfig) -> str:
+    return f"pgha {cfg.scope} cluster CA"
+
+
+def _server(host: Host, tls: TlsSettings) -> CertificateRequest:
+    return CertificateRequest(
+        common_name=host.name,
+        dns_names=(host.name, *LOOPBACK_NAMES),
+        ip_addresses=(host.address, *LOOPBACK_ADDRESSES),
+        server=True, client=True, validity_days=tls.validity_days,
+    )
+
+
+def planned_certificates(cfg: ClusterConfig) -> dict[str, PlannedCertificate]:
+    """Every certificate the stack issues, by resource name; none when it issues none."""
+    tls = cfg.tls
+    if not tls.issues_certificates:
+        return {}
+    plan: dict[str, PlannedCertificate] = {}
+    for host in certificate_hosts(cfg.hosts, tls.restapi_verify_client):
+        if "etcd" in host.roles:
+            plan[f"{host.name}-etcd"] = PlannedCertificate(f"{host.name}-etcd", host.name, "etcd",
+                                                           _server(host, tls))
+        if "patroni" in host.roles:
+            plan[f"{host.name}-patroni"] = PlannedCertificate(f"{host.name}-patroni", host.name, "postgres",
+                                                              _server(host, tls))
+        if "haproxy" in host.roles and tls.restapi_verify_client == "required":
+            plan[f"{host.name}-haproxy"] = PlannedCertificate(
+                f"{host.name}-haproxy", host.name, "haproxy",
+                CertificateRequest(common_name=f"{host.name}-haproxy", dns_names=(host.name,),
+                                   ip_addresses=(host.address,), client=True,
+                                   validity_days=tls.validity_days))
+    plan[CLIENT] = PlannedCertificate(CLIENT, None, None, CertificateRequest(
+        common_name=f"pgha {cfg.scope}", dns_names=(CLIENT,), client=True,
+        validity_days=tls.validity_days))
+    return plan
+
+
+def renewal_reasons(current: CertificateInfo, want: CertificateRequest, *, issuer_matches: bool,
+                    now: dt.datetime, renew_before_days: int) -> list[str]:
+    """Why the certificate in the state must be issued again, in a reviewer's words ([]: it stays).
+
+    `issuer_matches`: whether the CA the stack signs with now signed it (tls.issued_by).
+    A changed lifetime alone is no reason: it applies at the next renewal.
+    """
+    reasons: list[str] = []
+    left = current.days_left(now)
+    if left <= 0:
+        reasons.append(f"expired on {current.not_after:%Y-%m-%d}")
+    elif left <= renew_before_days:
+        reasons.append(f"expires on {current.not_after:%Y-%m-%d}, within the {renew_before_days} days "
+                       "of pgha:tls.renewBeforeDays")
+    for what, have, wanted in (("names", current.dns_names, want.dns_names),
+                               ("addresses", current.ip_addresses, want.ip_addresses)):
+        added, removed = sorted(set(wanted) - set(have)), sorted(set(have) - set(wanted))
+        if added or removed:
+            change = ", ".join([*(f"+{n}" for n in added), *(f"-{n}" for n in removed)])
+            reasons.append(f"{what} changed: {change}")
+    if current.common_name != want.common_name:
+        reasons.append(f"subject changed: {current.common_name} -> {want.common_name}")
+    if (current.server, current.client) != (want.server, want.client):
+        reasons.append(f"usage changed: {_usage(current.server, current.client)} -> "
+                       f"{_usage(want.server, want.client)}")
+    if not issuer_matches:
+        reasons.append(f"issued by another CA ({current.issuer})")
+    return reasons
+
+
+def _usage(server: bool, client: bool) -> str:
+    return "+".join(u for u, on in (("server", server), ("client", client)) if on) or "none"
+
+
+def ca_renewal_reasons(ca: CertificateInfo, *, now: dt.datetime, host_validity_days: int) -> list[str]:
+    """Why the stack's CA must be replaced: when it can no longer sign a host certificate for a
+    full `host_validity_days`. Replacing it is a rotation (both CAs trusted for a while)."""
+    left = ca.days_left(now)
+    if left <= 0:
+        return [f"the CA expired on {ca.not_after:%Y-%m-%d}"]
+    if left < host_validity_days:
+        return [f"the CA expires on {ca.not_after:%Y-%m-%d}, before a host certificate issued now "
+                f"({host_validity_days} days) would"]
+    return []
+
+
+def transition(deployed: bool | None, tls: TlsSettings) -> str | None:
+    """What the preview must say when TLS is turned on or off for a deployed cluster.
+
+    `deployed`: whether the cluster in the state runs with TLS (None: a new stack, nothing to
+    migrate; stacks deployed before pgha:tls existed store no TLS setting and count as False).
+    """
+    if deployed is None or deployed == tls.enabled:
+        return None
+    if tls.enabled:
+        why = "pgha:tls.enabled" if tls.explicit else "the default (pgha:tls absent; set " \
+              "pgha:tls.enabled: false to stay in plaintext)"
+        return (f"TLS is being turned ON ({why}): etcd peers and clients, Patroni's REST API and "
+                "PostgreSQL move to certificates "
+                f"{'from the stack CA' if tls.source == 'generated' else 'from pgha:tls.caCertFile'}; "
+                "up restarts each etcd member and Patroni node one at a time (one switchover) and "
+                "pg_hba's remote lines become hostssl")
+    return ("TLS is being turned OFF (pgha:tls.enabled: false): traffic between the hosts, and "
+            "clients' connections, will be in plaintext again; up restarts each etcd member and "
+            "Patroni node one at a time (one switchover)")
