@@ -21,6 +21,7 @@ from components.providers.membership_guard import MembershipGuardProvider
 from components.providers.patroni_bootstrap import PatroniBootstrapProvider
 from components.providers.patroni_cluster import PatroniClusterProvider
 from components.providers.patroni_node import PatroniNodeProvider
+from components.providers.tls_certificates import CertificateAuthorityProvider, CertificateProvider
 
 SECRET_OUTPUTS = ["secrets", "ssh_private_key"]
 
@@ -103,3 +104,38 @@ class PatroniLeader(Resource, module="pgha", name="PatroniLeader"):
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(LeaderProvider(), name, {"current_leader": None, **props}, _opts(opts))
+
+
+# Key material: the private keys (and the signing CA's key a certificate is issued with) are
+# secret outputs, kept encrypted in the state.
+CA_OUTPUTS = {"cert_pem": None, "key_pem": None, "trust_pem": None, "previous_cert_pem": None,
+              "not_after": None, "serial": None, "fingerprint": None, "issuer": None, "rotated": None}
+CERT_OUTPUTS = {"cert_pem": None, "key_pem": None, "not_after": None, "serial": None, "fingerprint": None,
+                "issuer": None, "renewal": None}
+
+
+class TlsCertificateAuthority(Resource, module="pgha", name="TlsCertificateAuthority"):
+    """The cluster CA the stack generates (pgha:tls.source: generated)."""
+
+    cert_pem: pulumi.Output[str]
+    key_pem: pulumi.Output[str]
+    trust_pem: pulumi.Output[str]
+    not_after: pulumi.Output[str]
+    fingerprint: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(CertificateAuthorityProvider(), name, {**CA_OUTPUTS, **props},
+                         _opts(opts, ["key_pem"]))
+
+
+class TlsCertificate(Resource, module="pgha", name="TlsCertificate"):
+    """One host's (or pgha's client) certificate and key, issued with the cluster CA."""
+
+    cert_pem: pulumi.Output[str]
+    key_pem: pulumi.Output[str]
+    not_after: pulumi.Output[str]
+    fingerprint: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(CertificateProvider(), name, {**CERT_OUTPUTS, **props},
+                         _opts(opts, ["key_pem", "ca_key_pem"]))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from components import tls
 from components.config import ClusterConfig, Host
 from components.tls import CertificateInfo, CertificateRequest
 from components.tls_config import TlsSettings, certificate_hosts
@@ -144,3 +145,34 @@ def transition(deployed: bool | None, tls: TlsSettings) -> str | None:
     return ("TLS is being turned OFF (pgha:tls.enabled: false): traffic between the hosts, and "
             "clients' connections, will be in plaintext again; up restarts each etcd member and "
             "Patroni node one at a time (one switchover)")
+
+
+def supplied_certificate_problems(host: Host, cert_pem: str, key_pem: str, ca_pem: str,
+                                  now: dt.datetime, renew_before_days: int) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a ready-made certificate for `host` (pgha:tls.source: certificates):
+    it must be this key's, chain to the CA, name the host's address and name, serve and be a
+    client (Patroni and etcd peers use it both ways). One that expires soon is a warning: the
+    stack still deploys, and the user replaces the files."""
+    problems: list[str] = []
+    try:
+        if not tls.key_matches(cert_pem, key_pem):
+            problems.append("the key file holds another certificate's key")
+        info = tls.inspect(cert_pem)
+    except tls.TlsError as err:
+        return [str(err)], []
+    if not tls.issued_by(cert_pem, ca_pem):
+        problems.append(f"is not signed by pgha:tls.caCertFile (its issuer is {info.issuer})")
+    missing = [n for n in (host.address, host.name) if n not in (*info.ip_addresses, *info.dns_names)]
+    if missing:
+        problems.append(f"does not name {', '.join(missing)} in its subjectAltName "
+                        f"(it names {', '.join((*info.dns_names, *info.ip_addresses)) or 'nothing'})")
+    if not (info.server and info.client):
+        problems.append("needs extendedKeyUsage serverAuth and clientAuth (etcd peers and Patroni use it "
+                        "both ways)")
+    left = info.days_left(now)
+    if left <= 0:
+        problems.append(f"expired on {info.not_after:%Y-%m-%d}")
+    elif left <= renew_before_days:
+        return problems, [f"expires on {info.not_after:%Y-%m-%d}, within pgha:tls.renewBeforeDays "
+                          f"({renew_before_days}): replace the files"]
+    return problems, []

@@ -75,3 +75,14 @@ def pulumi_bin() -> Path:
 def copy_project(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "Pulumi.*.yaml"))
     return dst
+
+
+def fixture_stack(fixture: Path, tmp_path: Path) -> tuple[PulumiCli, Path]:
+    """A copy of a fixture project under tests/fixtures/ with a stack `test` of its own backend."""
+    work = copy_project(fixture, tmp_path / "project")
+    # A fixture's Pulumi.yaml points at the checkout's .venv relative to tests/fixtures/<name>.
+    (work / "Pulumi.yaml").write_text(
+        (fixture / "Pulumi.yaml").read_text().replace("../../../.venv", str(ROOT / ".venv")))
+    cli = PulumiCli(work, tmp_path / "state")
+    cli.run("stack", "init", "test")
+    return cli, work

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, PulumiCli, copy_project
+from tests.conftest import ROOT, PulumiCli, fixture_stack
 
 pytestmark = pytest.mark.engine
 FIXTURE = ROOT / "tests" / "fixtures" / "engine"
@@ -18,12 +18,7 @@ SECRET = "fixture-secret-7d1f0c"
 
 @pytest.fixture()
 def project(tmp_path: Path, pulumi_bin: Path) -> tuple[PulumiCli, Path]:
-    work = copy_project(FIXTURE, tmp_path / "project")
-    # The fixture's Pulumi.yaml points at the checkout's .venv relative to tests/fixtures/engine.
-    (work / "Pulumi.yaml").write_text(
-        (FIXTURE / "Pulumi.yaml").read_text().replace("../../../.venv", str(ROOT / ".venv")))
-    cli = PulumiCli(work, tmp_path / "state")
-    cli.run("stack", "init", "test")
+    cli, _ = fixture_stack(FIXTURE, tmp_path)
     marker = tmp_path / "marker.txt"
     cli.run("config", "set", "markerPath", str(marker))
     cli.run("config", "set", "--secret", "token", SECRET)

@@ -1,0 +1,136 @@
+"""ClusterCertificates: pgha:tls's key material as stack resources (the CA and per-host certificates).
+
+Three sources (components/tls_config.py):
+
+- generated: a `TlsCertificateAuthority` and one `TlsCertificate` per planned certificate;
+- ca: the user's CA certificate (pgha:tls.caCertFile, read on this machine) and key (the secret
+  pgha:tlsCaKey) sign the `TlsCertificate`s; checked here, before any resource is registered;
+- certificates: ready-made files per host, checked here (key, chain, names, usage, expiry);
+  nothing is issued.
+
+What the rest of the program uses: `trust_pem` (the CA bundle every host and client trusts),
+`certificates[name]` (a certificate and its secret key, per components/tls_plan.py's names) and
+`expiry` (certificate name -> not_after, a stack output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from components import tls
+from components.command_connection import FileReader
+from components.config import ClusterConfig
+from components.resources import TlsCertificate, TlsCertificateAuthority
+from components.tls_config import CA_KEY_SECRET
+from components.tls_plan import ca_common_name, planned_certificates, supplied_certificate_problems
+from components.validation import ConfigError, key
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    cert_pem: pulumi.Output[str]
+    key_pem: pulumi.Output[str]  # secret
+    not_after: pulumi.Output[str]
+
+
+def _problem(path: str, message: str) -> pulumi.RunError:
+    """A bad CA or certificate file: the preview fails naming the key, before any resource."""
+    return pulumi.RunError(str(ConfigError([f"{key(path)}: {message}"])))
+
+
+class ClusterCertificates(pulumi.ComponentResource):
+    def __init__(self, name: str, cfg: ClusterConfig, raw: dict[str, Any],
+                 opts: pulumi.ResourceOptions | None = None, reader: FileReader | None = None) -> None:
+        super().__init__("pgha:index:ClusterCertificates", name, None, opts)
+        self.enabled = cfg.tls.enabled
+        self.certificates: dict[str, IssuedCertificate] = {}
+        self.trust_pem: pulumi.Output[str] | None = None
+        self.authority: TlsCertificateAuthority | None = None
+        if not cfg.tls.enabled:
+            self.register_outputs({})
+            return
+        reader = reader or FileReader(dry_run=pulumi.runtime.is_dry_run())
+        child = pulumi.ResourceOptions(parent=self)
+        source = cfg.tls.source
+        if source == "certificates":
+            self._supplied(cfg, reader)
+        else:
+            if source == "generated":
+                self.authority = TlsCertificateAuthority(f"{cfg.scope}-ca", {
+                    "common_name": ca_common_name(cfg), "validity_days": cfg.tls.ca_validity_days,
+                    "host_validity_days": cfg.tls.validity_days}, child)
+                ca_cert, ca_key = self.authority.cert_pem, self.authority.key_pem
+                self.trust_pem = self.authority.trust_pem
+            else:
+                ca_text = self._users_ca(cfg, raw, reader)
+                ca_cert = pulumi.Output.from_input(ca_text)
+                ca_key = pulumi.Output.secret(str(raw[CA_KEY_SECRET]))
+                self.trust_pem = ca_cert
+            for planned in planned_certificates(cfg).values():
+                r = planned.request
+                cert = TlsCertificate(f"{cfg.scope}-tls-{planned.name}", {
+                    "name": planned.name, "common_name": r.common_name, "dns_names": list(r.dns_names),
+                    "ip_addresses": list(r.ip_addresses), "server": r.server, "client": r.client,
+                    "validity_days": r.validity_days, "renew_before_days": cfg.tls.renew_before_days,
+                    "ca_cert_pem": ca_cert, "ca_key_pem": pulumi.Output.secret(ca_key),
+                }, child)
+                self.certificates[planned.name] = IssuedCertificate(cert.cert_pem, cert.key_pem,
+                                                                    cert.not_after)
+        self.expiry = {name: c.not_after for name, c in self.certificates.items()}
+        if self.authority is not None:
+            self.expiry = {"ca": self.authority.not_after, **self.expiry}
+        self.register_outputs({"expiry": self.expiry})
+
+    def certificate(self, host: str, purpose: str) -> IssuedCertificate:
+        """`host`'s certificate for `purpose` (etcd, patroni, haproxy): its own per purpose when the
+        stack issues them, the host's one ready-made certificate otherwise."""
+        return self.certificates.get(f"{host}-{purpose}") or self.certificates[host]
+
+    @staticmethod
+    def _users_ca(cfg: ClusterConfig, raw: dict[str, Any], reader: FileReader) -> str:
+        path = cfg.tls.ca_cert_file or ""
+        text = reader.read(path, "pgha:tls.caCertFile", "the CA certificate")
+        if text is None:
+            raise _problem("tls.caCertFile", f"{path} is not readable here: the stack issues host "
+                           "certificates with it")
+        try:
+            tls.check_ca(text)
+        except tls.TlsError as err:
+            raise _problem("tls.caCertFile", str(err)) from None
+        try:
+            tls.check_ca(text, str(raw[CA_KEY_SECRET]))
+        except tls.TlsError as err:
+            raise _problem(CA_KEY_SECRET, str(err)) from None
+        return text
+
+    def _supplied(self, cfg: ClusterConfig, reader: FileReader) -> None:
+        path = cfg.tls.ca_cert_file or ""
+        ca_text = reader.read(path, "pgha:tls.caCertFile", "the CA certificate")
+        if ca_text is None:
+            raise _problem("tls.caCertFile", f"{path} is not readable here")
+        self.trust_pem = pulumi.Output.from_input(ca_text)
+        problems: list[str] = []
+        now = tls.utcnow()
+        for host in cfg.hosts:
+            files = cfg.tls.certificates.get(host.name)
+            if files is None:
+                continue
+            where = f"tls.certificates.{host.name}"
+            cert = reader.read(files.cert_file, key(f"{where}.certFile"), "the certificate")
+            key_text = reader.read(files.key_file, key(f"{where}.keyFile"), "the key")
+            if cert is None or key_text is None:
+                continue  # a preview without the files: unchanged
+            errors, warnings = supplied_certificate_problems(host, cert, key_text, ca_text, now,
+                                                             cfg.tls.renew_before_days)
+            problems += [f"{key(where + '.certFile')}: {files.cert_file} {e}" for e in errors]
+            for warning in warnings:
+                pulumi.log.warn(f"{key(where + '.certFile')}: {files.cert_file} {warning}")
+            info = tls.inspect(cert)
+            self.certificates[host.name] = IssuedCertificate(
+                pulumi.Output.from_input(cert), pulumi.Output.secret(key_text),
+                pulumi.Output.from_input(info.not_after.isoformat()))
+        if problems:
+            raise pulumi.RunError(str(ConfigError(problems)))

@@ -1,0 +1,174 @@
+"""pgha:tls's key material through the real Pulumi CLI (local backend, no hosts): the CA and the
+per-host certificates are created by `up`, verify against the stack's trust bundle, are kept in
+the state with every private key encrypted, and are renewed as a diff (a moved host; an expiring
+certificate) that the preview shows before `up` applies it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components import tls
+from tests.conftest import ROOT, PulumiCli, fixture_stack
+from tests.unit.configs import base_raw, set_path
+
+pytestmark = pytest.mark.engine
+FIXTURE = ROOT / "tests" / "fixtures" / "engine-tls"
+CERTS = ["pg1-etcd", "pg1-patroni", "pg2-etcd", "pg2-patroni", "pg3-etcd", "pg3-patroni", "pgha-client"]
+TYPE = "pulumi-python:dynamic/pgha:TlsCertificate"
+CA_TYPE = "pulumi-python:dynamic/pgha:TlsCertificateAuthority"
+
+
+def _raw() -> dict[str, Any]:
+    raw = base_raw()
+    for name in ("superuserPassword", "replicationPassword", "rewindPassword", "restApiPassword",
+                 "rolePasswords"):
+        raw.pop(name)
+    raw["generatePasswords"] = True  # no secret in config: every secret in the state is key material
+    return raw
+
+
+def _write_config(work: Path, raw: dict[str, Any]) -> None:
+    stack_file = work / "Pulumi.test.yaml"
+    doc = yaml.safe_load(stack_file.read_text()) or {}
+    doc["config"] = {f"pgha:{k}": v for k, v in raw.items()}
+    stack_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.fixture()
+def project(tmp_path: Path, pulumi_bin: Path) -> tuple[PulumiCli, Path]:
+    cli, work = fixture_stack(FIXTURE, tmp_path)
+    cli.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), cli.env.get("PYTHONPATH")]))
+    _write_config(work, _raw())
+    return cli, work
+
+
+def _resources(cli: PulumiCli, *flags: str) -> list[dict[str, Any]]:
+    return json.loads(cli.run("stack", "export", *flags).stdout)["deployment"]["resources"]
+
+
+def _plain(value: Any) -> Any:
+    """A value of `stack export --show-secrets`: secrets are {sig, plaintext: <JSON>}."""
+    if isinstance(value, dict) and "plaintext" in value:
+        return json.loads(value["plaintext"])
+    return value
+
+
+def _steps(cli: PulumiCli) -> dict[str, str]:
+    """name -> op of every step a preview plans (same, create, replace, update...)."""
+    preview = json.loads(cli.run("preview", "--json").stdout)
+    return {s["urn"].rsplit("::", 1)[1]: s["op"] for s in preview.get("steps", [])}
+
+
+def test_certificates_are_stack_resources_with_encrypted_keys(project: tuple[PulumiCli, Path]) -> None:
+    cli, _ = project
+    preview = cli.run("preview", "--diff")
+    assert "+ 10 to create" in preview.stdout, preview.stdout  # stack, component, CA, 7 certificates
+    cli.run("up", "--yes")
+
+    outputs = json.loads(cli.run("stack", "output", "--json").stdout)
+    assert sorted(outputs["certificates"]) == CERTS
+    assert sorted(outputs["expiry"]) == ["ca", *CERTS]
+    now = tls.utcnow()
+    for name, pem in outputs["certificates"].items():
+        info = tls.inspect(pem)
+        assert 364 <= info.days_left(now) <= 365, (name, info.not_after)
+        assert dt.datetime.fromisoformat(outputs["expiry"][name]) == info.not_after
+        tls.verify(pem, outputs["trust"], now, client=True)
+    tls.verify(outputs["certificates"]["pg2-patroni"], outputs["trust"], now, server_name="10.77.0.12")
+    tls.verify(outputs["certificates"]["pg3-etcd"], outputs["trust"], now, server_name="pg3")
+    assert tls.inspect(outputs["trust"]).is_ca
+
+    exported = cli.run("stack", "export").stdout
+    assert "PRIVATE KEY" not in exported, "a private key is in the state in plaintext"
+    resources = _resources(cli)
+    assert sorted(r["type"] for r in resources if r["type"] in (TYPE, CA_TYPE)) == [TYPE] * 7 + [CA_TYPE]
+    for res in resources:
+        if res["type"] in (TYPE, CA_TYPE):
+            assert "ciphertext" in json.dumps(res["outputs"]["key_pem"]), res["urn"]
+            assert "BEGIN CERTIFICATE" in res["outputs"]["cert_pem"], "certificates stay readable"
+        if res["type"] == TYPE:
+            assert "ciphertext" in json.dumps(res["outputs"]["ca_key_pem"]), res["urn"]
+            assert "ciphertext" in json.dumps(res["inputs"]["ca_key_pem"]), res["urn"]
+    # With the passphrase the keys are there, and each one is its certificate's.
+    decrypted = {r["urn"].rsplit("::", 1)[1]: r["outputs"] for r in _resources(cli, "--show-secrets")
+                 if r["type"] == TYPE}
+    assert len(decrypted) == 7
+    for name, outs in decrypted.items():
+        assert tls.key_matches(outs["cert_pem"], _plain(outs["key_pem"])), name
+
+    assert set(_steps(cli).values()) == {"same"}, "a second preview changes nothing"
+    cli.run("destroy", "--yes")
+
+
+def test_a_moved_host_and_an_expiring_certificate_are_renewed(project: tuple[PulumiCli, Path]) -> None:
+    cli, work = project
+    cli.run("up", "--yes")
+    before = json.loads(cli.run("stack", "output", "--json").stdout)["certificates"]
+
+    # A new address: both of pg2's certificates are issued again, nothing else moves.
+    raw = _raw()
+    set_path(raw, "hosts[1].address", "10.77.0.22")
+    _write_config(work, raw)
+    steps = _steps(cli)
+    assert {n for n, op in steps.items() if op == "replace"} == {"pgha-lab-tls-pg2-etcd",
+                                                                 "pgha-lab-tls-pg2-patroni"}, steps
+    diff = cli.run("preview", "--diff").stdout
+    assert "10.77.0.22" in diff, diff
+    cli.run("up", "--yes")
+    after = json.loads(cli.run("stack", "output", "--json").stdout)
+    assert tls.inspect(after["certificates"]["pg2-patroni"]).ip_addresses == ("10.77.0.22", "127.0.0.1")
+    assert after["certificates"]["pg1-patroni"] == before["pg1-patroni"]
+
+    # An expiring certificate: put one in the state that has 10 days left (signed by the
+    # stack's CA, so expiry is the only reason), and the preview plans its replacement.
+    secret_state = _resources(cli, "--show-secrets")
+    ca = next(r["outputs"] for r in secret_state if r["type"] == CA_TYPE)
+    old = next(r["outputs"] for r in secret_state if r["urn"].endswith("::pgha-lab-tls-pg3-patroni"))
+    request = tls.CertificateRequest(old["common_name"], tuple(old["dns_names"]), tuple(old["ip_addresses"]),
+                                     server=True, client=True, validity_days=365)
+    aging = tls.issue(tls.KeyAndCertificate(_plain(ca["key_pem"]), ca["cert_pem"]), request,
+                      now=tls.utcnow() - dt.timedelta(days=355))
+    state = json.loads(cli.run("stack", "export").stdout)
+    for res in state["deployment"]["resources"]:
+        if res["urn"].endswith("::pgha-lab-tls-pg3-patroni"):
+            # Public; the encrypted key stays as it was (the diff reads the certificate only).
+            res["outputs"]["cert_pem"] = aging.cert_pem
+            res["outputs"]["not_after"] = tls.inspect(aging.cert_pem).not_after.isoformat()
+    cli.run("stack", "import", input=json.dumps(state))
+
+    steps = _steps(cli)
+    assert {n for n, op in steps.items() if op == "replace"} == {"pgha-lab-tls-pg3-patroni"}, steps
+    preview = json.loads(cli.run("preview", "--json").stdout)
+    step = next(s for s in preview["steps"] if s["urn"].endswith("::pgha-lab-tls-pg3-patroni"))
+    assert step.get("replaceReasons") == ["not_after"], step
+    cli.run("up", "--yes")
+    renewed = json.loads(cli.run("stack", "output", "--json").stdout)["certificates"]["pg3-patroni"]
+    assert tls.inspect(renewed).days_left(tls.utcnow()) > 364
+    assert set(_steps(cli).values()) == {"same"}
+    cli.run("destroy", "--yes")
+
+
+def test_tls_off_creates_no_key_material(project: tuple[PulumiCli, Path]) -> None:
+    cli, work = project
+    raw = _raw()
+    raw["tls"] = {"enabled": False}
+    _write_config(work, raw)
+    steps = _steps(cli)
+    assert set(steps) == {"pgha-engine-tls-test", "pgha-lab-tls"}, steps  # the stack and an empty component
+
+
+def test_bad_tls_config_fails_the_preview_naming_the_key(project: tuple[PulumiCli, Path]) -> None:
+    cli, work = project
+    raw = _raw()
+    raw["tls"] = {"source": "ca"}
+    _write_config(work, raw)
+    result = cli.run("preview", check=False)
+    assert result.returncode != 0
+    assert "pgha:tls.caCertFile: is required with source ca" in result.stdout + result.stderr
