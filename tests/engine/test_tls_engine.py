@@ -172,3 +172,66 @@ def test_bad_tls_config_fails_the_preview_naming_the_key(project: tuple[PulumiCl
     result = cli.run("preview", check=False)
     assert result.returncode != 0
     assert "pgha:tls.caCertFile: is required with source ca" in result.stdout + result.stderr
+
+
+def test_users_ca_signs_and_its_key_stays_encrypted(project: tuple[PulumiCli, Path], tmp_path: Path) -> None:
+    cli, work = project
+    users = tls.create_ca("ACME internal CA", 3650)
+    ca_file = tmp_path / "acme-ca.crt"
+    ca_file.write_text(users.cert_pem)
+    raw = _raw()
+    raw["tls"] = {"source": "ca", "caCertFile": str(ca_file), "validityDays": 90}
+    _write_config(work, raw)
+    # A key that is not the CA's: the preview fails naming the secret, and never shows the key.
+    wrong = tls.create_ca("ACME internal CA", 3650).key_pem
+    cli.run("config", "set", "--secret", "pgha:tlsCaKey", input=wrong)
+    failed = cli.run("preview", check=False)
+    assert failed.returncode != 0
+    assert "pgha:tlsCaKey: the CA key is not the key of CN=ACME internal CA" in failed.stdout + failed.stderr
+    assert "PRIVATE KEY" not in failed.stdout + failed.stderr
+
+    cli.run("config", "set", "--secret", "pgha:tlsCaKey", input=users.key_pem)
+    cli.run("up", "--yes")
+    outputs = json.loads(cli.run("stack", "output", "--json").stdout)
+    assert outputs["trust"] == users.cert_pem
+    assert "ca" not in outputs["expiry"], "no CA of the stack's own"
+    for pem in outputs["certificates"].values():
+        tls.verify(pem, users.cert_pem, tls.utcnow(), client=True)
+        assert 89 <= tls.inspect(pem).days_left(tls.utcnow()) <= 90
+    exported = cli.run("stack", "export").stdout
+    assert "PRIVATE KEY" not in exported
+    assert users.key_pem.splitlines()[1] not in exported
+    assert users.key_pem.splitlines()[1] not in (work / "Pulumi.test.yaml").read_text()
+    cli.run("destroy", "--yes")
+
+
+def test_ready_made_certificates_are_checked_not_issued(project: tuple[PulumiCli, Path],
+                                                       tmp_path: Path) -> None:
+    cli, work = project
+    ca = tls.create_ca("ACME internal CA", 3650)
+    files: dict[str, dict[str, str]] = {}
+    for i, address in ((1, "10.77.0.11"), (2, "10.77.0.12"), (3, "10.77.0.13")):
+        # pg3's certificate names another address: the preview must refuse it.
+        names = (f"pg{i}",), ("10.77.0.99" if i == 3 else address,)
+        issued = tls.issue(ca, tls.CertificateRequest(f"pg{i}", *names, server=True, client=True))
+        (tmp_path / f"pg{i}.crt").write_text(issued.cert_pem)
+        (tmp_path / f"pg{i}.key").write_text(issued.key_pem)
+        files[f"pg{i}"] = {"certFile": str(tmp_path / f"pg{i}.crt"), "keyFile": str(tmp_path / f"pg{i}.key")}
+    (tmp_path / "ca.crt").write_text(ca.cert_pem)
+    raw = _raw()
+    raw["tls"] = {"source": "certificates", "caCertFile": str(tmp_path / "ca.crt"), "certificates": files}
+    _write_config(work, raw)
+    failed = cli.run("preview", check=False)
+    assert failed.returncode != 0
+    assert (f"pgha:tls.certificates.pg3.certFile: {tmp_path}/pg3.crt does not name 10.77.0.13 in its "
+            "subjectAltName") in failed.stdout + failed.stderr
+
+    fixed = tls.issue(ca, tls.CertificateRequest("pg3", ("pg3",), ("10.77.0.13",), server=True, client=True))
+    (tmp_path / "pg3.crt").write_text(fixed.cert_pem)
+    (tmp_path / "pg3.key").write_text(fixed.key_pem)
+    steps = _steps(cli)
+    assert set(steps) == {"pgha-engine-tls-test", "pgha-lab-tls"}, steps  # nothing issued
+    cli.run("up", "--yes")
+    outputs = json.loads(cli.run("stack", "output", "--json").stdout)
+    assert sorted(outputs["certificates"]) == ["pg1", "pg2", "pg3"]
+    assert outputs["certificates"]["pg3"] == fixed.cert_pem

@@ -19,13 +19,14 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from components import tls
-from components.config import ClusterConfig, load_cluster_config
+from components.config import ClusterConfig, Host, load_cluster_config
 from components.tls import CertificateRequest, TlsError
 from components.tls_plan import (
     CLIENT,
     ca_renewal_reasons,
     planned_certificates,
     renewal_reasons,
+    supplied_certificate_problems,
     transition,
 )
 from tests.unit.configs import base_raw, base_secret_keys
@@ -316,3 +317,40 @@ def test_transition_says_when_tls_turns_on_or_off() -> None:
     assert explicit_on is not None and explicit_on.startswith("TLS is being turned ON (pgha:tls.enabled)")
     off = transition(True, explicit_off)
     assert off is not None and off.startswith("TLS is being turned OFF")
+
+
+# --- ready-made certificates (pgha:tls.source: certificates) ----------------------------------------
+
+
+def _host() -> Host:
+    return _cfg().hosts[0]  # pg1, 10.77.0.11: the names SERVER carries
+
+
+def test_a_good_ready_made_certificate(ca: tls.KeyAndCertificate, server: tls.KeyAndCertificate) -> None:
+    assert supplied_certificate_problems(_host(), server.cert_pem, server.key_pem, ca.cert_pem, NOW, 30) == (
+        [], [])
+
+
+def test_ready_made_certificate_problems(ca: tls.KeyAndCertificate, server: tls.KeyAndCertificate) -> None:
+    pg2 = _cfg().hosts[1]
+    errors, _ = supplied_certificate_problems(pg2, server.cert_pem, server.key_pem, ca.cert_pem, NOW, 30)
+    assert errors == ["does not name 10.77.0.12, pg2 in its subjectAltName (it names pg1, localhost, "
+                      "10.77.0.11, 127.0.0.1)"]
+    other = tls.create_ca("someone else's CA", 3650, now=NOW)
+    errors, _ = supplied_certificate_problems(_host(), server.cert_pem, other.key_pem, other.cert_pem,
+                                              NOW, 30)
+    assert errors == ["the key file holds another certificate's key",
+                      "is not signed by pgha:tls.caCertFile (its issuer is CN=pgha test CA)"]
+    server_only = tls.issue(ca, CertificateRequest("pg1", ("pg1",), ("10.77.0.11",), server=True), now=NOW)
+    errors, _ = supplied_certificate_problems(_host(), server_only.cert_pem, server_only.key_pem, ca.cert_pem,
+                                              NOW, 30)
+    assert errors == ["needs extendedKeyUsage serverAuth and clientAuth (etcd peers and Patroni use it "
+                      "both ways)"]
+    late = NOW + dt.timedelta(days=350)
+    assert supplied_certificate_problems(_host(), server.cert_pem, server.key_pem, ca.cert_pem, late, 30) == (
+        [], ["expires on 2027-11-27, within pgha:tls.renewBeforeDays (30): replace the files"])
+    errors, _ = supplied_certificate_problems(_host(), server.cert_pem, server.key_pem, ca.cert_pem,
+                                              NOW + dt.timedelta(days=400), 30)
+    assert errors == ["expired on 2027-11-27"]
+    assert supplied_certificate_problems(_host(), "not a certificate", server.key_pem, ca.cert_pem, NOW,
+                                         30)[0][0].startswith("not a PEM certificate")
