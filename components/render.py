@@ -46,7 +46,8 @@ def render(template: str, **context: Any) -> str:
 def patroni_yml(spec: dict[str, Any], secrets: dict[str, str]) -> str:
     from components.specs import hba_lines
 
-    return render("patroni.yml.j2", **{**spec, "secrets": secrets, "pg_hba": hba_lines(spec["pg_hba"])})
+    return render("patroni.yml.j2", **{**spec, "tls": spec.get("tls"), "secrets": secrets,
+                                       "pg_hba": hba_lines(spec["pg_hba"])})
 
 
 def patroni_unit(spec: dict[str, Any]) -> str:
@@ -54,15 +55,19 @@ def patroni_unit(spec: dict[str, Any]) -> str:
 
 
 def etcd_env(spec: dict[str, Any], initial_cluster: str, state: str) -> str:
+    """/etc/default/etcd; https with client certificates when the spec has `tls` (pgha:tls)."""
+    tls = spec.get("tls")
+    scheme = "https" if tls else "http"
     return render(
         "etcd.env.j2",
         initial_cluster=initial_cluster,
         initial_cluster_state=state,
-        peer_url=f"http://{spec['address']}:{spec['peer_port']}",
-        client_url=f"http://{spec['address']}:{spec['client_port']}",
-        **spec,
+        scheme=scheme,
+        peer_url=f"{scheme}://{spec['address']}:{spec['peer_port']}",
+        client_url=f"{scheme}://{spec['address']}:{spec['client_port']}",
+        **{**spec, "tls": tls},
     )
 
 
 def haproxy_cfg(spec: dict[str, Any]) -> str:
-    return render("haproxy.cfg.j2", **spec)
+    return render("haproxy.cfg.j2", **{**spec, "tls": spec.get("tls")})

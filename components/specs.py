@@ -38,8 +38,13 @@ HBA_CLIENT = "50"
 HBA_EXTRA = "60"
 
 
-def pg_hba(cfg: ClusterConfig) -> dict[str, str]:
-    """Runbook pg_hba, but scram-sha-256 everywhere and replication only from members."""
+def pg_hba(cfg: ClusterConfig, ssl: bool = False) -> dict[str, str]:
+    """Runbook pg_hba, but scram-sha-256 everywhere and replication only from members.
+
+    `ssl` (pgha:tls): every line for another host becomes hostssl (the loopback and the
+    stack's extra pgHba lines stay as they are).
+    """
+    remote = "hostssl" if ssl else "host"
     pg = cfg.postgresql
     entries = {
         "01 local superuser": _hba("local", "all", pg.superuser, "", "peer"),
@@ -51,13 +56,13 @@ def pg_hba(cfg: ClusterConfig) -> dict[str, str]:
     }
     for host in cfg.with_role("patroni"):
         entries[f"{HBA_REPLICATION} replication {host.name}"] = _hba(
-            "host", "replication", pg.replication_user, _host_cidr(host.address))
-        entries[f"{HBA_REWIND} rewind {host.name}"] = _hba("host", "all", pg.rewind_user,
+            remote, "replication", pg.replication_user, _host_cidr(host.address))
+        entries[f"{HBA_REWIND} rewind {host.name}"] = _hba(remote, "all", pg.rewind_user,
                                                           _host_cidr(host.address))
     for host in cfg.with_role("haproxy"):
-        entries[f"{HBA_BALANCER} haproxy {host.name}"] = _hba("host", "all", "all", _host_cidr(host.address))
+        entries[f"{HBA_BALANCER} haproxy {host.name}"] = _hba(remote, "all", "all", _host_cidr(host.address))
     for cidr in cfg.client_cidrs:
-        entries[f"{HBA_CLIENT} clients {cidr}"] = _hba("host", "all", "all", cidr)
+        entries[f"{HBA_CLIENT} clients {cidr}"] = _hba(remote, "all", "all", cidr)
     for i, line in enumerate(cfg.pg_hba_extra, start=1):
         entries[f"{HBA_EXTRA} pgHba[{i - 1}]"] = " ".join(line.split())
     return entries

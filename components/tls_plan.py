@@ -176,3 +176,39 @@ def supplied_certificate_problems(host: Host, cert_pem: str, key_pem: str, ca_pe
         return problems, [f"expires on {info.not_after:%Y-%m-%d}, within pgha:tls.renewBeforeDays "
                           f"({renew_before_days}): replace the files"]
     return problems, []
+
+
+# --- Where the files go on the hosts, and what the templates need (the `tls` of a spec) ---------
+
+ETCD_TLS_DIR = "/etc/etcd/pgha-tls"  # 0700 etcd: ca.crt, server.crt, server.key (0600 etcd)
+HAPROXY_CA_FILE = "/etc/haproxy/pgha-ca.crt"
+HAPROXY_CLIENT_PEM = "/etc/haproxy/pgha-client.pem"  # certificate + key, 0600 haproxy
+
+
+def etcd_tls(cfg: ClusterConfig) -> dict[str, str] | None:
+    """etcd's client and peer TLS (one certificate serves both), or None with TLS off."""
+    if not cfg.tls.enabled:
+        return None
+    return {"ca_file": f"{ETCD_TLS_DIR}/ca.crt", "cert_file": f"{ETCD_TLS_DIR}/server.crt",
+            "key_file": f"{ETCD_TLS_DIR}/server.key"}
+
+
+def patroni_tls(cfg: ClusterConfig) -> dict[str, str] | None:
+    """Patroni's REST API, its etcd3 client, patronictl (`ctl`) and PostgreSQL's ssl: one
+    certificate and key of the postgres user in <configDir>/tls, and the CA bundle beside them."""
+    if not cfg.tls.enabled:
+        return None
+    base = f"{cfg.patroni.config_dir}/tls"
+    return {"ca_file": f"{base}/ca.crt", "cert_file": f"{base}/node.crt", "key_file": f"{base}/node.key",
+            "verify_client": cfg.tls.restapi_verify_client, "sslmode": cfg.tls.replication_sslmode}
+
+
+def haproxy_tls(cfg: ClusterConfig) -> dict[str, str] | None:
+    """HAProxy's checks over https, verifying Patroni against the CA (and the host's name); a
+    client certificate only when Patroni requires one on every request."""
+    if not cfg.tls.enabled:
+        return None
+    files = {"ca_file": HAPROXY_CA_FILE}
+    if cfg.tls.restapi_verify_client == "required":
+        files["crt"] = HAPROXY_CLIENT_PEM
+    return files
