@@ -37,7 +37,7 @@ test: setup
 
 ## unit: the pure tests only (no lab, no root)
 unit: venv
-	@$(ENV) .venv/bin/python -m pytest -m "not lab and not cluster and not engine" tests $(PYTEST_ARGS)
+	@$(ENV) .venv/bin/python -m pytest -m "not lab and not cluster and not engine and not local" tests $(PYTEST_ARGS)
 
 lint: venv
 	@$(ENV) ruff check .

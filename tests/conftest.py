@@ -19,6 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ("engine", "drives the real Pulumi CLI (no lab hosts)"),
         ("lab", "boots lab hosts (root, systemd-nspawn)"),
         ("cluster", "deploys a real cluster on lab hosts with the Pulumi CLI"),
+        ("local", "runs real server software on this machine as root (no lab hosts)"),
     ):
         config.addinivalue_line("markers", f"{marker}: {text}")
 
