@@ -21,11 +21,11 @@ from typing import Any
 import pulumi
 
 from components import tls
-from components.command_connection import FileReader
-from components.config import ClusterConfig
+from components.command_connection import FileReader, unknown_secret
+from components.config import ClusterConfig, Host
 from components.resources import TlsCertificate, TlsCertificateAuthority
-from components.tls_config import CA_KEY_SECRET
-from components.tls_plan import ca_common_name, planned_certificates, supplied_certificate_problems
+from components.tls_config import CA_KEY_SECRET, HostCertificateFiles
+from components.tls_plan import CLIENT, ca_common_name, planned_certificates, supplied_certificate_problems
 from components.validation import ConfigError, key
 
 
@@ -49,12 +49,14 @@ class ClusterCertificates(pulumi.ComponentResource):
         self.certificates: dict[str, IssuedCertificate] = {}
         self.trust_pem: pulumi.Output[str] | None = None
         self.authority: TlsCertificateAuthority | None = None
+        self.expiry: dict[str, pulumi.Output[str]] = {}
         if not cfg.tls.enabled:
             self.register_outputs({})
             return
         reader = reader or FileReader(dry_run=pulumi.runtime.is_dry_run())
         child = pulumi.ResourceOptions(parent=self)
         source = cfg.tls.source
+        unreadable: list[str] = []
         if source == "certificates":
             self._supplied(cfg, reader)
         else:
@@ -66,7 +68,10 @@ class ClusterCertificates(pulumi.ComponentResource):
                 self.trust_pem = self.authority.trust_pem
             else:
                 ca_text = self._users_ca(cfg, raw, reader)
-                ca_cert = pulumi.Output.from_input(ca_text)
+                if ca_text is None:
+                    ca_cert, unreadable = unknown_secret(), ["ca_cert_pem", "ca_key_pem"]
+                else:
+                    ca_cert = pulumi.Output.from_input(ca_text)
                 ca_key = pulumi.Output.secret(str(raw[CA_KEY_SECRET]))
                 self.trust_pem = ca_cert
             for planned in planned_certificates(cfg).values():
@@ -76,7 +81,7 @@ class ClusterCertificates(pulumi.ComponentResource):
                     "ip_addresses": list(r.ip_addresses), "server": r.server, "client": r.client,
                     "validity_days": r.validity_days, "renew_before_days": cfg.tls.renew_before_days,
                     "ca_cert_pem": ca_cert, "ca_key_pem": pulumi.Output.secret(ca_key),
-                }, child)
+                }, pulumi.ResourceOptions(parent=self, ignore_changes=unreadable))
                 self.certificates[planned.name] = IssuedCertificate(cert.cert_pem, cert.key_pem,
                                                                     cert.not_after)
         self.expiry = {name: c.not_after for name, c in self.certificates.items()}
@@ -90,12 +95,13 @@ class ClusterCertificates(pulumi.ComponentResource):
         return self.certificates.get(f"{host}-{purpose}") or self.certificates[host]
 
     @staticmethod
-    def _users_ca(cfg: ClusterConfig, raw: dict[str, Any], reader: FileReader) -> str:
+    def _users_ca(cfg: ClusterConfig, raw: dict[str, Any], reader: FileReader) -> str | None:
+        """The user's CA certificate, checked with its key; None in a preview on a machine
+        without the file (a pull request's CI job): the certificates then show as unchanged."""
         path = cfg.tls.ca_cert_file or ""
-        text = reader.read(path, "pgha:tls.caCertFile", "the CA certificate")
+        text = reader.read(path, "pgha:tls.caCertFile", "the CA and the certificates it signs")
         if text is None:
-            raise _problem("tls.caCertFile", f"{path} is not readable here: the stack issues host "
-                           "certificates with it")
+            return None
         try:
             tls.check_ca(text)
         except tls.TlsError as err:
@@ -114,11 +120,12 @@ class ClusterCertificates(pulumi.ComponentResource):
         self.trust_pem = pulumi.Output.from_input(ca_text)
         problems: list[str] = []
         now = tls.utcnow()
-        for host in cfg.hosts:
-            files = cfg.tls.certificates.get(host.name)
+        wanted: list[tuple[Host | None, str, HostCertificateFiles | None, str]] = [
+            (h, f"tls.certificates.{h.name}", cfg.tls.certificates.get(h.name), h.name) for h in cfg.hosts]
+        wanted.append((None, "tls.clientCertificate", cfg.tls.client_certificate, CLIENT))
+        for host, where, files, name in wanted:
             if files is None:
                 continue
-            where = f"tls.certificates.{host.name}"
             cert = reader.read(files.cert_file, key(f"{where}.certFile"), "the certificate")
             key_text = reader.read(files.key_file, key(f"{where}.keyFile"), "the key")
             if cert is None or key_text is None:
@@ -128,8 +135,10 @@ class ClusterCertificates(pulumi.ComponentResource):
             problems += [f"{key(where + '.certFile')}: {files.cert_file} {e}" for e in errors]
             for warning in warnings:
                 pulumi.log.warn(f"{key(where + '.certFile')}: {files.cert_file} {warning}")
+            if errors:
+                continue
             info = tls.inspect(cert)
-            self.certificates[host.name] = IssuedCertificate(
+            self.certificates[name] = IssuedCertificate(
                 pulumi.Output.from_input(cert), pulumi.Output.secret(key_text),
                 pulumi.Output.from_input(info.not_after.isoformat()))
         if problems:

@@ -30,8 +30,8 @@ from components.validation import (
     check_unknown_keys,
 )
 
-TLS_KEYS = ("enabled", "source", "caCertFile", "certificates", "validityDays", "renewBeforeDays",
-            "caValidityDays", "restApiVerifyClient", "replicationSslMode")
+TLS_KEYS = ("enabled", "source", "caCertFile", "certificates", "clientCertificate", "validityDays",
+            "renewBeforeDays", "caValidityDays", "restApiVerifyClient", "replicationSslMode")
 CA_KEY_SECRET = "tlsCaKey"
 SOURCES = ("generated", "ca", "certificates")
 VERIFY_CLIENT = ("optional", "required")
@@ -62,8 +62,10 @@ class TlsSettings:
     explicit: bool = False
     source: str = "generated"
     ca_cert_file: str | None = None
-    # source "certificates": host name -> its files.
+    # source "certificates": host name -> its files, and pgha's own client certificate (its
+    # calls to etcd and Patroni from the machine running pulumi).
     certificates: dict[str, HostCertificateFiles] = field(default_factory=dict)
+    client_certificate: HostCertificateFiles | None = None
     validity_days: int = 365
     renew_before_days: int = 30
     ca_validity_days: int = 3650
@@ -130,6 +132,7 @@ def load_tls(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
     certificates = _load_certificates(
         problems, data.get("certificates"), source, tuple(h.name for h in hosts),
         tuple(h.name for h in certificate_hosts(hosts, verify_client)))
+    client = _load_client_certificate(problems, data.get("clientCertificate"), source)
 
     issued = source in ("generated", "ca")
     validity = as_int(problems, "tls.validityDays", data.get("validityDays"), 365, minimum=2,
@@ -161,9 +164,33 @@ def load_tls(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
                          "cluster CA); remove it, or turn TLS off with pgha:tls.enabled: false")
     return TlsSettings(
         enabled=enabled, explicit="enabled" in data, source=source, ca_cert_file=ca_cert_file,
-        certificates=certificates, validity_days=validity, renew_before_days=renew,
+        certificates=certificates, client_certificate=client, validity_days=validity, renew_before_days=renew,
         ca_validity_days=ca_validity, restapi_verify_client=verify_client, replication_sslmode=sslmode,
     )
+
+
+def _files(problems: Problems, path: str, entry: Any) -> HostCertificateFiles:
+    item = as_mapping(problems, path, entry)
+    check_unknown_keys(problems, path, item, ("certFile", "keyFile"))
+    return HostCertificateFiles(
+        cert_file=as_str(problems, f"{path}.certFile", item.get("certFile"), pattern=ABS_PATH_RE,
+                         what="absolute path of a PEM file"),
+        key_file=as_str(problems, f"{path}.keyFile", item.get("keyFile"), pattern=ABS_PATH_RE,
+                        what="absolute path of a PEM file"),
+    )
+
+
+def _load_client_certificate(problems: Problems, value: Any, source: str) -> HostCertificateFiles | None:
+    if value is None:
+        if source == "certificates":
+            problems.add("tls.clientCertificate", "is required with source certificates: pgha's own "
+                         "client certificate for etcd and Patroni ({certFile, keyFile}, clientAuth)")
+        return None
+    if source != "certificates":
+        problems.add("tls.clientCertificate", f"is only for source certificates (source is {source}): "
+                     "the stack issues pgha's client certificate itself")
+        return None
+    return _files(problems, "tls.clientCertificate", value)
 
 
 def _load_certificates(problems: Problems, value: Any, source: str, host_names: tuple[str, ...],
@@ -179,14 +206,7 @@ def _load_certificates(problems: Problems, value: Any, source: str, host_names: 
         if name not in host_names:
             problems.add(path, f"{name!r} is not a host in pgha:hosts ({', '.join(host_names) or 'none'})")
             continue
-        item = as_mapping(problems, path, entry)
-        check_unknown_keys(problems, path, item, ("certFile", "keyFile"))
-        files[name] = HostCertificateFiles(
-            cert_file=as_str(problems, f"{path}.certFile", item.get("certFile"), pattern=ABS_PATH_RE,
-                             what="absolute path of a PEM file"),
-            key_file=as_str(problems, f"{path}.keyFile", item.get("keyFile"), pattern=ABS_PATH_RE,
-                            what="absolute path of a PEM file"),
-        )
+        files[name] = _files(problems, path, entry)
     if source == "certificates":
         missing = [n for n in tls_host_names if n not in data]
         if missing:

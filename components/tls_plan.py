@@ -147,12 +147,13 @@ def transition(deployed: bool | None, tls: TlsSettings) -> str | None:
             "Patroni node one at a time (one switchover)")
 
 
-def supplied_certificate_problems(host: Host, cert_pem: str, key_pem: str, ca_pem: str,
+def supplied_certificate_problems(host: Host | None, cert_pem: str, key_pem: str, ca_pem: str,
                                   now: dt.datetime, renew_before_days: int) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of a ready-made certificate for `host` (pgha:tls.source: certificates):
-    it must be this key's, chain to the CA, name the host's address and name, serve and be a
-    client (Patroni and etcd peers use it both ways). One that expires soon is a warning: the
-    stack still deploys, and the user replaces the files."""
+    """(problems, warnings) of a ready-made certificate (pgha:tls.source: certificates) for `host`,
+    or pgha's own client certificate (`host` None). It must be this key's and chain to the CA; a
+    host's must name the host's address and name, serve and be a client (Patroni and etcd peers
+    use it both ways); pgha's must be a client. One that expires soon is a warning: the stack
+    still deploys, and the user replaces the files."""
     problems: list[str] = []
     try:
         if not tls.key_matches(cert_pem, key_pem):
@@ -162,13 +163,16 @@ def supplied_certificate_problems(host: Host, cert_pem: str, key_pem: str, ca_pe
         return [str(err)], []
     if not tls.issued_by(cert_pem, ca_pem):
         problems.append(f"is not signed by pgha:tls.caCertFile (its issuer is {info.issuer})")
-    missing = [n for n in (host.address, host.name) if n not in (*info.ip_addresses, *info.dns_names)]
-    if missing:
-        problems.append(f"does not name {', '.join(missing)} in its subjectAltName "
-                        f"(it names {', '.join((*info.dns_names, *info.ip_addresses)) or 'nothing'})")
-    if not (info.server and info.client):
-        problems.append("needs extendedKeyUsage serverAuth and clientAuth (etcd peers and Patroni use it "
-                        "both ways)")
+    if host is not None:
+        missing = [n for n in (host.address, host.name) if n not in (*info.ip_addresses, *info.dns_names)]
+        if missing:
+            problems.append(f"does not name {', '.join(missing)} in its subjectAltName "
+                            f"(it names {', '.join((*info.dns_names, *info.ip_addresses)) or 'nothing'})")
+        if not (info.server and info.client):
+            problems.append("needs extendedKeyUsage serverAuth and clientAuth (etcd peers and Patroni use "
+                            "it both ways)")
+    elif not info.client:
+        problems.append("needs extendedKeyUsage clientAuth (pgha's calls to etcd and Patroni)")
     left = info.days_left(now)
     if left <= 0:
         problems.append(f"expired on {info.not_after:%Y-%m-%d}")

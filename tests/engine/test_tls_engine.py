@@ -202,6 +202,14 @@ def test_users_ca_signs_and_its_key_stays_encrypted(project: tuple[PulumiCli, Pa
     assert "PRIVATE KEY" not in exported
     assert users.key_pem.splitlines()[1] not in exported
     assert users.key_pem.splitlines()[1] not in (work / "Pulumi.test.yaml").read_text()
+    # A pull request's CI job has the state and the passphrase but not the CA file: its preview
+    # shows the certificates unchanged; an `up` there refuses, naming the key.
+    ca_file.unlink()
+    assert set(_steps(cli).values()) == {"same"}
+    refused = cli.run("up", "--yes", check=False)
+    assert refused.returncode != 0
+    assert f"pgha:tls.caCertFile: cannot read {ca_file}" in refused.stdout + refused.stderr
+    ca_file.write_text(users.cert_pem)
     cli.run("destroy", "--yes")
 
 
@@ -218,8 +226,13 @@ def test_ready_made_certificates_are_checked_not_issued(project: tuple[PulumiCli
         (tmp_path / f"pg{i}.key").write_text(issued.key_pem)
         files[f"pg{i}"] = {"certFile": str(tmp_path / f"pg{i}.crt"), "keyFile": str(tmp_path / f"pg{i}.key")}
     (tmp_path / "ca.crt").write_text(ca.cert_pem)
+    client = tls.issue(ca, tls.CertificateRequest("pgha", ("pgha-client",), client=True))
+    (tmp_path / "pgha.crt").write_text(client.cert_pem)
+    (tmp_path / "pgha.key").write_text(client.key_pem)
     raw = _raw()
-    raw["tls"] = {"source": "certificates", "caCertFile": str(tmp_path / "ca.crt"), "certificates": files}
+    raw["tls"] = {"source": "certificates", "caCertFile": str(tmp_path / "ca.crt"), "certificates": files,
+                  "clientCertificate": {"certFile": str(tmp_path / "pgha.crt"),
+                                        "keyFile": str(tmp_path / "pgha.key")}}
     _write_config(work, raw)
     failed = cli.run("preview", check=False)
     assert failed.returncode != 0
@@ -233,5 +246,5 @@ def test_ready_made_certificates_are_checked_not_issued(project: tuple[PulumiCli
     assert set(steps) == {"pgha-engine-tls-test", "pgha-lab-tls"}, steps  # nothing issued
     cli.run("up", "--yes")
     outputs = json.loads(cli.run("stack", "output", "--json").stdout)
-    assert sorted(outputs["certificates"]) == ["pg1", "pg2", "pg3"]
+    assert sorted(outputs["certificates"]) == ["pg1", "pg2", "pg3", "pgha-client"]
     assert outputs["certificates"]["pg3"] == fixed.cert_pem

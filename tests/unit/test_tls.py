@@ -267,7 +267,9 @@ def test_balancers_get_a_client_certificate_only_when_required() -> None:
 
 def test_ready_made_certificates_are_not_issued() -> None:
     files = {f"pg{i}": {"certFile": f"/c/pg{i}.crt", "keyFile": f"/c/pg{i}.key"} for i in (1, 2, 3)}
-    assert planned_certificates(_cfg(source="certificates", caCertFile="/c/ca.crt", certificates=files)) == {}
+    client = {"certFile": "/c/pgha.crt", "keyFile": "/c/pgha.key"}
+    assert planned_certificates(_cfg(source="certificates", caCertFile="/c/ca.crt", certificates=files,
+                                     clientCertificate=client)) == {}
 
 
 def test_renewal_reasons_on_real_certificates(ca: tls.KeyAndCertificate,
@@ -354,3 +356,16 @@ def test_ready_made_certificate_problems(ca: tls.KeyAndCertificate, server: tls.
     assert errors == ["expired on 2027-11-27"]
     assert supplied_certificate_problems(_host(), "not a certificate", server.key_pem, ca.cert_pem, NOW,
                                          30)[0][0].startswith("not a PEM certificate")
+
+
+def test_pghas_ready_made_client_certificate(ca: tls.KeyAndCertificate,
+                                             server: tls.KeyAndCertificate) -> None:
+    client = tls.issue(ca, CLIENT_REQUEST, now=NOW)
+    assert supplied_certificate_problems(None, client.cert_pem, client.key_pem, ca.cert_pem, NOW,
+                                         1) == ([], [])
+    # A host's certificate (server and client) does for pgha too; a server-only one does not.
+    assert supplied_certificate_problems(None, server.cert_pem, server.key_pem, ca.cert_pem, NOW, 30) == (
+        [], [])
+    only = tls.issue(ca, CertificateRequest("pg1", ("pg1",), server=True), now=NOW)
+    assert supplied_certificate_problems(None, only.cert_pem, only.key_pem, ca.cert_pem, NOW, 30)[0] == [
+        "needs extendedKeyUsage clientAuth (pgha's calls to etcd and Patroni)"]

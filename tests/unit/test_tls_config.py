@@ -61,9 +61,11 @@ def test_users_ca() -> None:
 def test_ready_made_certificates() -> None:
     files = {f"pg{i}": {"certFile": f"/etc/pgha/pg{i}.crt", "keyFile": f"/etc/pgha/pg{i}.key"}
              for i in (1, 2, 3)}
+    client = {"certFile": "/etc/pgha/pgha.crt", "keyFile": "/etc/pgha/pgha.key"}
     tls = load_cluster_config(tls_raw(source="certificates", caCertFile="/etc/pgha/ca.crt",
-                                      certificates=files), base_secret_keys()).tls
+                                      certificates=files, clientCertificate=client), base_secret_keys()).tls
     assert tls.certificates["pg2"] == HostCertificateFiles("/etc/pgha/pg2.crt", "/etc/pgha/pg2.key")
+    assert tls.client_certificate == HostCertificateFiles("/etc/pgha/pgha.crt", "/etc/pgha/pgha.key")
     assert not tls.issues_certificates
 
 
@@ -103,6 +105,13 @@ BAD = [
      "unknown key (did you mean 'keyFile'?)"),
     ({"tls.source": "ca", "tls.caCertFile": "/c.crt", "tlsCaKey": CA_KEY, "tls.caValidityDays": 9000},
      "tls.caValidityDays", "only for source generated"),
+    ({"tls.source": "certificates", "tls.caCertFile": "/c.crt"}, "tls.clientCertificate",
+     "is required with source certificates"),
+    ({"tls.clientCertificate": {"certFile": "/a", "keyFile": "/b"}}, "tls.clientCertificate",
+     "is only for source certificates (source is generated)"),
+    ({"tls.source": "certificates", "tls.caCertFile": "/c.crt",
+      "tls.clientCertificate": {"certFile": "a.crt", "keyFile": "/b"}}, "tls.clientCertificate.certFile",
+     "'a.crt' is not a valid absolute path"),
     ({"tls.restApiVerifyClient": "none"}, "tls.restApiVerifyClient",
      "'none' is not one of optional, required"),
     ({"tls.replicationSslMode": "require"}, "tls.replicationSslMode", "'require' is not one of verify-full"),
