@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from pulumi.dynamic import DiffResult, ResourceProvider
 
 from components.transport.ssh import Ssh, SshTarget, describe
+from components.transport.tls_client import client_tls
 
 SECRET_INPUTS = ("secrets", "ssh_private_key")
 
@@ -47,6 +48,13 @@ def _host_of(args: tuple[Any, ...]) -> str:
     return ""
 
 
+def _tls_client_of(args: tuple[Any, ...]) -> dict[str, Any] | None:
+    for arg in reversed(args):
+        if isinstance(arg, dict) and isinstance(arg.get("tls_client"), dict):
+            return arg["tls_client"]
+    return None
+
+
 def _provider_method(method: Callable[..., Any]) -> Callable[..., Any]:
     """Numbers made integral again; an error that says nothing gets its host and its kind."""
 
@@ -54,7 +62,10 @@ def _provider_method(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: Any, *args: Any) -> Any:
         args = tuple(integral(a) if isinstance(a, dict) else a for a in args)
         try:
-            return method(self, *args)
+            # pgha:tls: the resource's client identity for its https calls (the newest inputs);
+            # a diff reads the state only and writes no key file.
+            with client_tls(None if method.__name__ == "diff" else _tls_client_of(args)):
+                return method(self, *args)
         except Exception as exc:
             if str(exc).strip():
                 raise

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING, Any
 
+from components.transport import tls_client
+
 if TYPE_CHECKING:
     import requests
 
@@ -24,6 +26,11 @@ class RestError(RuntimeError):
 def _request(method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
     import requests
 
+    identity = tls_client.current()
+    if identity is not None and url.startswith("https://"):
+        # pgha:tls: verify the server against the cluster CA, show pgha's client certificate.
+        kwargs.setdefault("verify", identity.ca_file)
+        kwargs.setdefault("cert", (identity.cert_file, identity.key_file))
     try:
         return requests.request(method, url, **kwargs)
     except requests.RequestException as err:

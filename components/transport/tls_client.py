@@ -1,0 +1,66 @@
+"""pgha's own TLS client identity for its calls to etcd and Patroni (pgha:tls).
+
+requests (OpenSSL) loads a CA bundle, a certificate and a key only from files, so for the length
+of one provider call the PEMs from the resource's inputs (`tls_client`: `ca_pem`, `cert_pem`,
+`key_pem`, the key a secret) are written to a fresh 0700 directory of the user running pulumi,
+each file 0600, and removed when the call returns. `transport/rest.py` then verifies every
+https server against the CA and shows the client certificate.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TlsClientFiles:
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+_CURRENT: contextvars.ContextVar[TlsClientFiles | None] = contextvars.ContextVar("pgha_tls_client",
+                                                                                   default=None)
+
+
+def current() -> TlsClientFiles | None:
+    """The TLS client identity of the call in progress, if its resource has one."""
+    return _CURRENT.get()
+
+
+def _write(directory: str, name: str, text: str) -> str:
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+@contextmanager
+def client_tls(material: Mapping[str, Any] | None) -> Iterator[TlsClientFiles | None]:
+    """Use `material` ({ca_pem, cert_pem, key_pem}) for the https calls made inside the block;
+    None (TLS off, or a resource of an older pgha) changes nothing."""
+    if not material:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="pgha-tls-")  # 0700, this user's
+    try:
+        files = TlsClientFiles(
+            ca_file=_write(directory, "ca.crt", str(material["ca_pem"])),
+            cert_file=_write(directory, "client.crt", str(material["cert_pem"])),
+            key_file=_write(directory, "client.key", str(material["key_pem"])),
+        )
+        token = _CURRENT.set(files)
+        try:
+            yield files
+        finally:
+            _CURRENT.reset(token)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
