@@ -111,7 +111,7 @@ class PatroniLeader(Resource, module="pgha", name="PatroniLeader"):
 CA_OUTPUTS = {"cert_pem": None, "key_pem": None, "trust_pem": None, "previous_cert_pem": None,
               "not_after": None, "serial": None, "fingerprint": None, "issuer": None, "rotated": None}
 CERT_OUTPUTS = {"cert_pem": None, "key_pem": None, "not_after": None, "serial": None, "fingerprint": None,
-                "issuer": None, "renewal": None}
+                "issuer": None}
 
 
 class TlsCertificateAuthority(Resource, module="pgha", name="TlsCertificateAuthority"):

@@ -26,12 +26,15 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 from components import tls
 from components.tls_plan import ca_renewal_reasons, renewal_reasons
 
-# A value the preview does not know yet (an output of a resource being created or replaced).
+# A value the preview does not know yet (an output of a resource being created, replaced or
+# updated): the SDK hands it to a diff as pulumi.output.Unknown, or as its wire sentinel.
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
 
 def _is_unknown(value: Any) -> bool:
-    return value == UNKNOWN
+    from pulumi.output import Unknown
+
+    return isinstance(value, Unknown) or value == UNKNOWN
 
 
 def _facts(cert_pem: str) -> dict[str, Any]:
@@ -52,8 +55,6 @@ class _StateOnlyProvider(ResourceProvider):
 
     serialize_as_secret_always = False
     OUTPUTS: ClassVar[frozenset[str]] = frozenset()
-    # Inputs whose change alone needs no new key material (applied at the next renewal).
-    SOFT: ClassVar[frozenset[str]] = frozenset()
     clock = staticmethod(tls.utcnow)
 
     @staticmethod
@@ -75,7 +76,6 @@ class _StateOnlyProvider(ResourceProvider):
 class CertificateAuthorityProvider(_StateOnlyProvider):
     OUTPUTS = frozenset({"cert_pem", "key_pem", "trust_pem", "previous_cert_pem", "not_after", "serial",
                          "fingerprint", "issuer", "rotated"})
-    SOFT = frozenset({"validity_days", "host_validity_days"})
 
     def _new(self, props: dict[str, Any], previous: str | None) -> dict[str, Any]:
         now = self.clock()
@@ -119,20 +119,17 @@ class CertificateAuthorityProvider(_StateOnlyProvider):
 
 
 class CertificateProvider(_StateOnlyProvider):
-    OUTPUTS = frozenset({"cert_pem", "key_pem", "not_after", "serial", "fingerprint", "issuer",
-                         "renewal"})
-    SOFT = frozenset({"validity_days", "renew_before_days"})
+    OUTPUTS = frozenset({"cert_pem", "key_pem", "not_after", "serial", "fingerprint", "issuer"})
     # The inputs whose change (or whose reason) means a new certificate.
     REASON_KEYS: ClassVar[tuple[tuple[str, str], ...]] = (
         ("expire", "not_after"), ("names changed", "dns_names"), ("addresses changed", "ip_addresses"),
         ("subject changed", "common_name"), ("usage changed", "server"), ("another CA", "ca_cert_pem"))
 
-    def _issue(self, props: dict[str, Any], reasons: list[str] | None = None) -> dict[str, Any]:
+    def _issue(self, props: dict[str, Any]) -> dict[str, Any]:
         props = self._ints(props)
         issued = tls.issue(tls.KeyAndCertificate(props["ca_key_pem"], props["ca_cert_pem"]),
                            request_of(props), now=self.clock())
-        return {**props, "cert_pem": issued.cert_pem, "key_pem": issued.key_pem,
-                "renewal": "; ".join(reasons) if reasons else None, **_facts(issued.cert_pem)}
+        return {**props, "cert_pem": issued.cert_pem, "key_pem": issued.key_pem, **_facts(issued.cert_pem)}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = self._issue(props)
@@ -157,7 +154,8 @@ class CertificateProvider(_StateOnlyProvider):
             replaces = sorted({key for reason in reasons for fragment, key in self.REASON_KEYS
                                if fragment in reason})
             return DiffResult(changes=True, replaces=replaces or ["cert_pem"], delete_before_replace=False)
-        # Only a lifetime, a renewal window or the trust bundle changed: kept, applied next time.
+        # No reason for new key material (say a lifetime or a renewal window changed): the
+        # certificate stays, and the new setting applies at its next renewal.
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:

@@ -248,3 +248,34 @@ def test_ready_made_certificates_are_checked_not_issued(project: tuple[PulumiCli
     outputs = json.loads(cli.run("stack", "output", "--json").stdout)
     assert sorted(outputs["certificates"]) == ["pg1", "pg2", "pg3", "pgha-client"]
     assert outputs["certificates"]["pg3"] == fixed.cert_pem
+
+
+def test_an_expiring_ca_rotates_with_both_cas_trusted(project: tuple[PulumiCli, Path]) -> None:
+    """A CA that can no longer sign a full-term certificate is rotated in place: a new CA, the
+    old one kept in the trust bundle until it expires, every certificate issued again."""
+    cli, _ = project
+    cli.run("up", "--yes")
+    # Put a CA with 100 days left in the state (host certificates last 365): rotation is due.
+    aging = tls.create_ca("pgha pgha-lab cluster CA", 100)
+    state = json.loads(cli.run("stack", "export").stdout)
+    for res in state["deployment"]["resources"]:
+        if res["type"] == CA_TYPE:
+            res["outputs"]["cert_pem"] = aging.cert_pem
+    cli.run("stack", "import", input=json.dumps(state))
+
+    steps = _steps(cli)
+    assert steps["pgha-lab-ca"] == "update", steps
+    # The preview does not know the new CA yet, and says every certificate will be issued again.
+    assert sorted(n for n, op in steps.items() if op == "replace") == [f"pgha-lab-tls-{c}" for c in CERTS]
+    cli.run("up", "--yes")
+    outputs = json.loads(cli.run("stack", "output", "--json").stdout)
+    trust = outputs["trust"]
+    assert trust.count("BEGIN CERTIFICATE") == 2 and aging.cert_pem in trust
+    new_ca = trust.replace(aging.cert_pem, "")
+    assert tls.inspect(new_ca).days_left(tls.utcnow()) > 3600
+    for name, pem in outputs["certificates"].items():
+        assert tls.issued_by(pem, new_ca), f"{name} was not issued again by the new CA"
+        tls.verify(pem, trust, tls.utcnow(), client=True)
+    ca = next(r for r in _resources(cli) if r["type"] == CA_TYPE)
+    assert "before a host certificate issued now (365 days) would" in ca["outputs"]["rotated"]
+    assert set(_steps(cli).values()) == {"same"}, "settled after one up"
