@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from components.pg_params import RESTART_REQUIRED
 from components.succession import Member, SyncMode
@@ -813,6 +813,38 @@ class _Planner:
             self.lines.append(f"{label}: {step.op}" + (f" ({keys})" if keys else "") +
                               " (no plan wording for this resource type: read its rows below)")
 
+    # --- pgha:tls: the CA and the certificates (state only; their delivery is on the hosts) -----
+
+    # Why a certificate is issued again, by the property its provider names (tls_certificates.py).
+    RENEWAL_WORDS: ClassVar[dict[str, str]] = {
+        "not_after": "it expires within pgha:tls.renewBeforeDays", "dns_names": "its names changed",
+        "ip_addresses": "its addresses changed", "common_name": "its subject changed",
+        "server": "its usage changed", "ca_cert_pem": "the CA changed"}
+
+    def certificates(self) -> None:
+        if self.changed("TlsCertificateAuthority", CREATE):
+            existing = bool(self.top.nodes_before)
+            self.lines.append("TLS: the stack makes its cluster CA (the key a secret in the state)" +
+                              ("; the cluster moves from plaintext to TLS" if existing else ""))
+        if self.changed("TlsCertificateAuthority", UPDATE):
+            self.lines.append("TLS: the cluster CA rotates (it can no longer sign a certificate for a full "
+                              "term, or its name changed): the new CA is trusted beside the old one until "
+                              "that expires, and every certificate is issued again")
+            self.warn("CA rotation", "every host gets the new CA beside the old one, then new certificates "
+                                     "one host at a time (a reload each).")
+        created = self.hosts(self.changed("TlsCertificate", CREATE))
+        if created:
+            self.lines.append(f"TLS: {len(created)} certificate(s) issued: {', '.join(created)}")
+        for step in self.changed("TlsCertificate", REPLACE):
+            why = sorted({self.RENEWAL_WORDS.get(r, r) for r in step.replace_reasons}) or ["a new key"]
+            self.lines.append(f"TLS: certificate {self.host(step)} issued again: {'; '.join(why)}")
+        dropped = self.hosts(self.changed("TlsCertificate", DELETE))
+        if dropped and self.changed("TlsCertificateAuthority", DELETE) and self.top.nodes_after:
+            self.warn("TLS off", "the cluster CA and every certificate are deleted: traffic between the "
+                                 "hosts goes back to plaintext.")
+        elif dropped:
+            self.lines.append(f"TLS: certificate(s) no longer needed: {', '.join(dropped)}")
+
     # --- deletions, last ----------------------------------------------------------------------
 
     def deletions(self, destroy: bool) -> None:
@@ -954,6 +986,7 @@ def build_plan(preview: Preview) -> Plan:
         planner.leader()
         planner.roles()
         planner.backups()
+        planner.certificates()
     planner.unknown()
     planner.deletions(destroy)
     planner.secrets()

@@ -19,9 +19,10 @@ INSTALL_PARTS = ("wheelhouse", "patroni", "distro", "unit", "cleanup")
 KINDS = ("MembershipGuard", "EtcdMember", "PatroniCluster", "PatroniInstall", INSTALL, "BackupIdentity",
          "BackupRepository", "BackupNode", "BackupRestore", "PatroniBootstrap", "PatroniNode",
          "PatroniDynamicConfig", "PatroniLeader", "BackupStanza", "HAProxyConfig", "DatabaseRole",
-         "GeneratedPassword")
+         "GeneratedPassword", "TlsCertificateAuthority", "TlsCertificate")
 # Resources whose `name` input is the host's or the role's name.
-_NAMED_BY_INPUT = ("EtcdMember", "PatroniNode", "PatroniBootstrap", "DatabaseRole", "BackupNode")
+_NAMED_BY_INPUT = ("EtcdMember", "PatroniNode", "PatroniBootstrap", "DatabaseRole", "BackupNode",
+                   "TlsCertificate")
 # The part of a resource name after `<scope>-` that precedes the host or role name.
 _NAME_PREFIX = {"EtcdMember": "etcd-", "PatroniInstall": "install-", "PatroniNode": "node-",
                 "HAProxyConfig": "haproxy-", "DatabaseRole": "role-", "BackupIdentity": "backup-identity-",

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from components import tls
+from review.plan import build_plan
+from review.preview import parse_preview
 from tests.conftest import ROOT, PulumiCli, fixture_stack
 from tests.unit.configs import base_raw, set_path
 
@@ -145,9 +147,12 @@ def test_a_moved_host_and_an_expiring_certificate_are_renewed(project: tuple[Pul
 
     steps = _steps(cli)
     assert {n for n, op in steps.items() if op == "replace"} == {"pgha-lab-tls-pg3-patroni"}, steps
-    preview = json.loads(cli.run("preview", "--json").stdout)
-    step = next(s for s in preview["steps"] if s["urn"].endswith("::pgha-lab-tls-pg3-patroni"))
+    text = cli.run("preview", "--json").stdout
+    step = next(s for s in json.loads(text)["steps"] if s["urn"].endswith("::pgha-lab-tls-pg3-patroni"))
     assert step.get("replaceReasons") == ["not_after"], step
+    # The review comment says it in words.
+    assert "TLS: certificate pg3-patroni issued again: it expires within pgha:tls.renewBeforeDays" in (
+        build_plan(parse_preview(text)).lines)
     cli.run("up", "--yes")
     renewed = json.loads(cli.run("stack", "output", "--json").stdout)["certificates"]["pg3-patroni"]
     assert tls.inspect(renewed).days_left(tls.utcnow()) > 364
@@ -265,6 +270,10 @@ def test_an_expiring_ca_rotates_with_both_cas_trusted(project: tuple[PulumiCli, 
 
     steps = _steps(cli)
     assert steps["pgha-lab-ca"] == "update", steps
+    plan = build_plan(parse_preview(cli.run("preview", "--json").stdout))
+    assert any(line.startswith("TLS: the cluster CA rotates") for line in plan.lines), plan.lines
+    assert "TLS: certificate pg1-etcd issued again: the CA changed" in plan.lines
+    assert any(c.topic == "CA rotation" for c in plan.concerns)
     # The preview does not know the new CA yet, and says every certificate will be issued again.
     assert sorted(n for n, op in steps.items() if op == "replace") == [f"pgha-lab-tls-{c}" for c in CERTS]
     cli.run("up", "--yes")
