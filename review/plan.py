@@ -839,10 +839,10 @@ class _Planner:
             why = sorted({self.RENEWAL_WORDS.get(r, r) for r in step.replace_reasons}) or ["a new key"]
             self.lines.append(f"TLS: certificate {self.host(step)} issued again: {'; '.join(why)}")
         dropped = self.hosts(self.changed("TlsCertificate", DELETE))
-        if dropped and self.changed("TlsCertificateAuthority", DELETE) and self.top.nodes_after:
+        if self.changed("TlsCertificateAuthority", DELETE):  # not a destroy: TLS is turned off
             self.warn("TLS off", "the cluster CA and every certificate are deleted: traffic between the "
                                  "hosts goes back to plaintext.")
-        elif dropped:
+        if dropped:
             self.lines.append(f"TLS: certificate(s) no longer needed: {', '.join(dropped)}")
 
     # --- deletions, last ----------------------------------------------------------------------

@@ -169,6 +169,23 @@ def test_tls_off_creates_no_key_material(project: tuple[PulumiCli, Path]) -> Non
     assert set(steps) == {"pgha-engine-tls-test", "pgha-lab-tls"}, steps  # the stack and an empty component
 
 
+def test_turning_tls_off_says_so(project: tuple[PulumiCli, Path]) -> None:
+    cli, work = project
+    cli.run("up", "--yes")
+    raw = _raw()
+    raw["tls"] = {"enabled": False}
+    _write_config(work, raw)
+    # The fixture has nothing but key material, so its preview alone reads as a destroy: add its
+    # steps to a real cluster's no-change preview (tests/fixtures/previews), as a stack would show.
+    tls_off = json.loads(cli.run("preview", "--json").stdout)
+    cluster = json.loads((ROOT / "tests" / "fixtures" / "previews" / "no-change.json").read_text())
+    cluster["steps"] += [s for s in tls_off["steps"] if s["op"] == "delete"]
+    plan = build_plan(parse_preview(json.dumps(cluster)))
+    assert [c.text for c in plan.concerns if c.topic == "TLS off"] == [
+        "the cluster CA and every certificate are deleted: traffic between the hosts goes back to plaintext."]
+    assert any(line.startswith("TLS: certificate(s) no longer needed: pg1-etcd") for line in plan.lines)
+
+
 def test_bad_tls_config_fails_the_preview_naming_the_key(project: tuple[PulumiCli, Path]) -> None:
     cli, work = project
     raw = _raw()
