@@ -17,6 +17,7 @@ from components import pg_params
 from components.tls_config import CA_KEY_SECRET, TlsSettings, load_tls
 from components.validation import (
     ABS_PATH_RE,
+    DNS_NAME_RE,
     IDENT_RE,
     NAME_RE,
     Problems,
@@ -637,9 +638,7 @@ BACKUP_SECRET = "backupCipherPassphrase"
 S3_SECRET = "backupS3KeySecret"
 S3_KEYS = ("endpoint", "port", "bucket", "region", "uriStyle", "keyId", "caFile", "verifyTls")
 STANZA_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
-# pgBackRest 2.45 matches a server certificate by DNS name only (not an IP address).
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-DNS_NAME_RE = rf"(?=.*[A-Za-z]){_LABEL}(\.{_LABEL})*"
+# pgBackRest 2.45 matches a server certificate by DNS name only (not an IP address): DNS_NAME_RE.
 BUCKET_RE = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 
 

@@ -17,21 +17,25 @@ next ``up`` (the migration the issue asks for), and its preview says so (see
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from components.validation import (
     ABS_PATH_RE,
+    DNS_NAME_RE,
     Problems,
     as_bool,
     as_int,
+    as_list,
     as_mapping,
     as_str,
     check_unknown_keys,
 )
 
 TLS_KEYS = ("enabled", "source", "caCertFile", "certificates", "clientCertificate", "validityDays",
-            "renewBeforeDays", "caValidityDays", "restApiVerifyClient", "replicationSslMode")
+            "renewBeforeDays", "caValidityDays", "restApiVerifyClient", "replicationSslMode", "serverNames")
 CA_KEY_SECRET = "tlsCaKey"
 SOURCES = ("generated", "ca", "certificates")
 VERIFY_CLIENT = ("optional", "required")
@@ -74,6 +78,8 @@ class TlsSettings:
     restapi_verify_client: str = "optional"
     # libpq sslmode for replication and pg_rewind between members.
     replication_sslmode: str = "verify-full"
+    # More names for PostgreSQL's certificates: a DNS name or virtual IP clients dial.
+    server_names: tuple[str, ...] = ()
 
     @property
     def issues_certificates(self) -> bool:
@@ -157,6 +163,7 @@ def load_tls(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
     if sslmode not in SSL_MODES:
         problems.add("tls.replicationSslMode", f"{sslmode!r} is not one of {', '.join(SSL_MODES)} "
                      "(weaker modes do not check the server)")
+    server_names = _load_server_names(problems, data.get("serverNames"), source)
     parameters = as_mapping(problems, "postgresql", raw.get("postgresql")).get("parameters")
     if enabled and isinstance(parameters, dict):
         for name in sorted(set(parameters) & set(SSL_PARAMETERS)):
@@ -166,7 +173,29 @@ def load_tls(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
         enabled=enabled, explicit="enabled" in data, source=source, ca_cert_file=ca_cert_file,
         certificates=certificates, client_certificate=client, validity_days=validity, renew_before_days=renew,
         ca_validity_days=ca_validity, restapi_verify_client=verify_client, replication_sslmode=sslmode,
+        server_names=server_names,
     )
+
+
+def _load_server_names(problems: Problems, value: Any, source: str) -> tuple[str, ...]:
+    names: list[str] = []
+    for i, name in enumerate(as_list(problems, "tls.serverNames", value)):
+        path = f"tls.serverNames[{i}]"
+        text = name if isinstance(name, str) else ""
+        try:
+            ip = ipaddress.ip_address(text)
+            names.append(str(ip))
+            continue
+        except ValueError:
+            pass
+        if not re.fullmatch(DNS_NAME_RE, text):
+            problems.add(path, f"{name!r} is neither a DNS name nor an IP address")
+        elif text.lower() not in names:
+            names.append(text.lower())
+    if names and source == "certificates":
+        problems.add("tls.serverNames", "is for certificates the stack issues: with source certificates, "
+                     "put the names in your certificates")
+    return tuple(names)
 
 
 def _files(problems: Problems, path: str, entry: Any) -> HostCertificateFiles:

@@ -6,7 +6,8 @@ Certificates per host (one key each, readable only by the service that uses it):
 - ``<host>-etcd`` (etcd hosts, owned by etcd): etcd's client *and* peer listener; peers dial each
   other with it, so it is a client certificate too.
 - ``<host>-patroni`` (Patroni hosts, owned by postgres): Patroni's REST API and PostgreSQL (server),
-  Patroni's etcd3 client and patronictl's REST client (client).
+  Patroni's etcd3 client and patronictl's REST client (client). It also names the balancers and
+  ``pgha:tls.serverNames``: clients reach PostgreSQL through HAProxy (TLS passed through).
 - ``<host>-haproxy`` (balancers, only with ``restApiVerifyClient: required``): HAProxy's checks.
 - ``pgha-client``: pgha's own calls to etcd and Patroni from the machine running pulumi.
 
@@ -46,13 +47,41 @@ def ca_common_name(cfg: ClusterConfig) -> str:
     return f"pgha {cfg.scope} cluster CA"
 
 
-def _server(host: Host, tls: TlsSettings) -> CertificateRequest:
+def _server(host: Host, tls: TlsSettings, also: tuple[str, ...] = ()) -> CertificateRequest:
+    names = _split_names(also)
     return CertificateRequest(
         common_name=host.name,
-        dns_names=(host.name, *LOOPBACK_NAMES),
-        ip_addresses=(host.address, *LOOPBACK_ADDRESSES),
+        dns_names=(host.name, *names[0], *LOOPBACK_NAMES),
+        ip_addresses=(host.address, *names[1], *LOOPBACK_ADDRESSES),
         server=True, client=True, validity_days=tls.validity_days,
     )
+
+
+def _split_names(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(DNS names, IP addresses), each once, in order."""
+    import ipaddress
+
+    dns: list[str] = []
+    ips: list[str] = []
+    for name in names:
+        try:
+            target, text = ips, str(ipaddress.ip_address(name))
+        except ValueError:
+            target, text = dns, name
+        if text not in target:
+            target.append(text)
+    return tuple(dns), tuple(ips)
+
+
+def client_endpoint_names(cfg: ClusterConfig) -> tuple[str, ...]:
+    """The names a PostgreSQL client may dial to reach any node: HAProxy passes TLS through
+    (mode tcp), so a client of the balancer sees the node's certificate and checks it against
+    the balancer's address or name (sslmode=verify-full); pgha:tls.serverNames adds a DNS name or
+    virtual IP in front of them."""
+    names: list[str] = []
+    for host in cfg.with_role("haproxy"):
+        names += [host.name, host.address]
+    return (*names, *cfg.tls.server_names)
 
 
 def planned_certificates(cfg: ClusterConfig) -> dict[str, PlannedCertificate]:
@@ -61,13 +90,14 @@ def planned_certificates(cfg: ClusterConfig) -> dict[str, PlannedCertificate]:
     if not tls.issues_certificates:
         return {}
     plan: dict[str, PlannedCertificate] = {}
+    client_endpoints = client_endpoint_names(cfg)
     for host in certificate_hosts(cfg.hosts, tls.restapi_verify_client):
         if "etcd" in host.roles:
             plan[f"{host.name}-etcd"] = PlannedCertificate(f"{host.name}-etcd", host.name, "etcd",
                                                            _server(host, tls))
         if "patroni" in host.roles:
             plan[f"{host.name}-patroni"] = PlannedCertificate(f"{host.name}-patroni", host.name, "postgres",
-                                                              _server(host, tls))
+                                                              _server(host, tls, client_endpoints))
         if "haproxy" in host.roles and tls.restapi_verify_client == "required":
             plan[f"{host.name}-haproxy"] = PlannedCertificate(
                 f"{host.name}-haproxy", host.name, "haproxy",

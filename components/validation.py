@@ -154,3 +154,6 @@ def as_cidr(problems: Problems, path: str, value: Any) -> str:
 NAME_RE = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 IDENT_RE = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 ABS_PATH_RE = r"/[^\0\n'\"]*"
+# A DNS name: labels of letters, digits and '-', at least one letter (so not an IP address).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DNS_NAME_RE = rf"(?=.*[A-Za-z]){_LABEL}(\.{_LABEL})*"

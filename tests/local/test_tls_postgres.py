@@ -106,6 +106,17 @@ def test_verify_full_over_hostssl(server: tuple[int, str]) -> None:
             assert row is not None and row[0] is True and row[1].startswith("TLSv1."), row
 
 
+def test_a_client_of_the_balancer_verifies_its_name(server: tuple[int, str]) -> None:
+    """Through HAProxy (TCP passthrough) a client dials the balancer (pg4, 10.77.0.14) and gets the
+    node's certificate: it names the balancer too. libpq checks `host` while connecting to
+    `hostaddr`, which stands in for the balancer here."""
+    port, ca_file = server
+    with _connect(port, host="pg4", hostaddr="127.0.0.1", sslmode="verify-full", sslrootcert=ca_file) as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+    with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+        _connect(port, host="pg2", hostaddr="127.0.0.1", sslmode="verify-full", sslrootcert=ca_file)
+
+
 def test_plaintext_is_refused_by_hostssl(server: tuple[int, str]) -> None:
     port, _ = server
     with pytest.raises(psycopg.OperationalError, match="no encryption"):

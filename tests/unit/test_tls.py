@@ -248,13 +248,24 @@ def test_planned_certificates_per_host_and_purpose() -> None:
                             CLIENT]
     pg2 = plan["pg2-patroni"]
     assert (pg2.host, pg2.owner) == ("pg2", "postgres")
-    assert pg2.request.dns_names == ("pg2", "localhost")
-    assert pg2.request.ip_addresses == ("10.77.0.12", "127.0.0.1")
+    # The node's own names, the balancer's (clients reach PostgreSQL through HAProxy's TCP
+    # passthrough and check the balancer's name), and the loopback.
+    assert pg2.request.dns_names == ("pg2", "pg4", "localhost")
+    assert pg2.request.ip_addresses == ("10.77.0.12", "10.77.0.14", "127.0.0.1")
+    assert plan["pg2-etcd"].request.dns_names == ("pg2", "localhost"), "etcd is not behind HAProxy"
     assert pg2.request.server and pg2.request.client
     assert plan["pg2-etcd"].owner == "etcd"
     client = plan[CLIENT]
     assert client.host is None and client.request.client and not client.request.server
     assert (client.request.common_name, client.request.dns_names) == ("pgha pgha-lab", ("pgha-client",))
+
+
+def test_server_names_reach_postgresql_certificates() -> None:
+    names = ["db.example.internal", "10.77.0.100", "DB.example.internal"]
+    plan = planned_certificates(_cfg(serverNames=names))
+    request = plan["pg1-patroni"].request
+    assert request.dns_names == ("pg1", "pg4", "db.example.internal", "localhost")
+    assert request.ip_addresses == ("10.77.0.11", "10.77.0.14", "10.77.0.100", "127.0.0.1")
 
 
 def test_balancers_get_a_client_certificate_only_when_required() -> None:
