@@ -88,12 +88,16 @@ PHASES = (("install", "-install-"), ("etcd", "-etcd-"), ("dcs", "-cluster"), ("b
           ("dynamic config", "-dynamic-config"), ("leader", "-leader"))
 
 
+# Resources that do no host work of their phase: generated secrets, the membership guard.
+_NOT_A_STEP = ("-password", "-membership")
+
+
 def phases(spans: dict[str, tuple[float, float]]) -> dict[str, str]:
     """{phase: "start–end s"}: when the first resource of each phase started and the last ended."""
     out: dict[str, str] = {}
     for phase, marker in PHASES:
         found = [(a, b) for name, (a, b) in spans.items()
-                 if marker in name and (marker != "-etcd-" or not name.endswith("-membership"))]
+                 if marker in name and not name.endswith(_NOT_A_STEP)]
         if found:
             out[phase] = f"{min(a for a, _ in found):.1f}–{max(b for _, b in found):.1f} s"
     return out
