@@ -223,7 +223,8 @@ def test_phases_take_the_first_start_and_the_last_end_of_their_resources() -> No
     from bench.events import phases
 
     found = phases({"s-install-pg1": (2.0, 12.0), "s-install-pg2-patroni": (3.0, 13.5),
-                    "s-etcd-pg1": (2.1, 6.0), "s-etcd-membership": (2.0, 2.1), "s-role-admin-password": (2.0, 2.1),
+                    "s-etcd-pg1": (2.1, 6.0), "s-etcd-membership": (2.0, 2.1),
+                    "s-role-admin-password": (2.0, 2.1),
                     "s-role-admin": (18.0, 18.5), "s-bootstrap": (13.6, 17.0),
                     "s-node-pg2": (17.1, 21.0), "s-node-pg1": (17.1, 17.5)})
     assert found == {"install": "2.0–13.5 s", "etcd": "2.1–6.0 s", "bootstrap": "13.6–17.0 s",
