@@ -23,6 +23,7 @@ import psycopg
 import requests
 import yaml
 
+from bench.events import EventTail, spans
 from bench.timing import log, timed
 from components.config import ClusterConfig, load_cluster_config
 from components.specs import RESTAPI_USERNAME
@@ -125,6 +126,8 @@ class Deployment:
     layout: Layout
     config: dict[str, Any]
     up_seconds: float
+    # {resource: (start s, end s)} of that `up` (bench/events.py)
+    up_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
     _secrets: dict[str, str] = field(default_factory=dict)
 
     # -- the stack ----------------------------------------------------------------------
@@ -282,9 +285,16 @@ class Session:
         config = layout.config(project.base_config)
         project.write_config(config)
         log(f"deploy: pulumi up ({layout.key})")
-        _, seconds = timed(lambda: project.run("up", "--yes", "--skip-preview"))
+        events_dir = self.scratch("deploy-events")
+        events_dir.mkdir(parents=True)
+        event_log = events_dir / "events.jsonl"
+        project.cli.env["PULUMI_DEBUG_COMMANDS"] = "true"  # the CLI offers --event-log only then
+        with EventTail(event_log) as tail:
+            _, seconds = timed(lambda: project.run("up", "--yes", "--skip-preview", "--event-log",
+                                                   str(event_log)))
         log(f"deploy: up in {seconds:.1f} s")
-        dep = Deployment(lab=lab, project=project, layout=layout, config=config, up_seconds=seconds)
+        dep = Deployment(lab=lab, project=project, layout=layout, config=config, up_seconds=seconds,
+                         up_spans=spans(tail.events))
         self.current = dep
         dep.wait_healthy()
         return dep

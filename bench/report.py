@@ -58,10 +58,14 @@ def _fmt_detail(value: Any) -> str:
     return str(value)
 
 
+# Details too long for report.md (report.json keeps them).
+JSON_ONLY = frozenset({"traceback", "up_spans"})
+
+
 def _details(details: dict[str, Any], depth: int = 0) -> list[str]:
     lines = []
     for key, value in details.items():
-        if key == "traceback":
+        if key in JSON_ONLY:
             continue
         pad = "  " * depth
         if isinstance(value, dict) and depth < 2:

@@ -26,6 +26,7 @@ from bench.deploy import (
     lab_base_config,
     request_ok,
 )
+from bench.events import phases
 from bench.recorder import WriteRecorder, summarize
 from bench.timing import figure, log, median, ratio
 from components.config import HaproxySettings
@@ -117,6 +118,8 @@ def b1_first_deploy(session: Session, result: Result) -> None:
     log(f"B1 floor: {floor['total_s']:.1f} s")
     dep = session.deploy(STANDARD)
     result["details"]["up_s"] = dep.up_seconds
+    result["details"]["up_phases"] = phases(dep.up_spans)  # where the time went
+    result["details"]["up_spans"] = dep.up_spans  # every resource: report.json only
     result["figures"].append(figure(
         "pulumi up: 3 etcd+Patroni hosts + 1 HAProxy host, from bare hosts", dep.up_seconds,
         floor["total_s"], "wheelhouse + venv ∥3, initdb + start, pg_basebackup ∥2 (plain script over SSH)",

@@ -32,8 +32,7 @@ class PostgresHaCluster(pulumi.ComponentResource):
                                                etcd_members + before_patroni, self.etcd.guard, child)
         if self.backup is not None:
             self.backup.add_stanza([self.patroni.dynamic_config])
-        self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets,
-                               list(self.patroni.nodes.values()), child)
+        self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets, self.patroni.leader_ready, child)
         self.register_outputs({
             "primary": self.haproxy.primary_endpoints,
             "replicas": self.haproxy.replica_endpoints,

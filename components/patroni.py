@@ -104,6 +104,9 @@ class PatroniClusterComponent(pulumi.ComponentResource):
             )
 
         nodes = list(self.nodes.values())
+        # What needs only a running leader (HAProxy's config, roles) waits for the first
+        # host's node (a new cluster's leader), not for every replica's copy.
+        self.leader_ready: list[pulumi.Resource] = [self.bootstrap, self.nodes[first.name]]
         self.dynamic_config = PatroniDynamicConfig(
             f"{cfg.scope}-dynamic-config",
             {**specs.dynamic_config_spec(cfg), "secrets": patroni_secrets},
@@ -132,7 +135,7 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                     secrets.role_passwords[role.name].apply(lambda p: {"password": p}))
             self.roles[role.name] = DatabaseRole(
                 f"{cfg.scope}-role-{role.name}", _with_key(props, secrets),
-                pulumi.ResourceOptions(parent=self, depends_on=list(self.nodes.values())),
+                pulumi.ResourceOptions(parent=self, depends_on=self.leader_ready),
             )
 
         self.members = pulumi.Output.all(*[

@@ -362,7 +362,7 @@ class EtcdMemberProvider(HostProvider):
 
     def _wait_healthy(self, props: dict[str, Any], timeout: float = 180.0, ssh: Ssh | None = None) -> None:
         me = EtcdGateway(_my_client(props))
-        wait_for(me.healthy, timeout=timeout, interval=0.5, what=f"etcd member {props['name']} healthy",
+        wait_for(me.healthy, timeout=timeout, interval=0.25, what=f"etcd member {props['name']} healthy",
                  host=props["address"], blocked=self._unit_failed(ssh, props), blocked_every=2.0)
 
     def _promote(self, props: dict[str, Any], member: dict[str, Any]) -> None:

@@ -86,7 +86,7 @@ class PatroniClusterProvider(HostProvider):
         endpoints = props["etcd_endpoints"]
         gateways = [EtcdGateway(e) for e in endpoints]
         wait_for(lambda: all(g.healthy() and g.cluster_version_ready() for g in gateways),
-                 timeout=180, interval=0.5,
+                 timeout=180, interval=0.25,
                  what=f"every etcd member healthy ({', '.join(endpoints)})", host=props["scope"],
                  status=lambda: "not yet: " + ", ".join(g.endpoint for g in gateways if not g.healthy()))
         return CreateResult(id_=dcs_prefix(props), outs=public(props))

@@ -386,7 +386,7 @@ class PatroniNodeProvider(HostProvider):
                     + (f", replication {last['replication_state']}" if last.get("replication_state") else ""))
 
         try:
-            return wait_for(ready, timeout=timeout, interval=0.5,
+            return wait_for(ready, timeout=timeout, interval=0.25,
                             what=f"Patroni on {props['name']} running as leader or streaming replica",
                             host=address, blocked=blocked, status=status)
         except WaitFailed as err:

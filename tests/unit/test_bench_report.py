@@ -197,3 +197,51 @@ def test_charts_are_pngs_when_matplotlib_is_installed(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](crash.png)" in (tmp_path / "report.md").read_text()
     assert report.write_chart({"event": "empty", "samples": []}, tmp_path / "empty.png")
+
+
+# -- where a deploy's time went (bench/events.py) --------------------------------------------
+
+
+def _event(kind: str, urn_name: str, op: str = "create") -> dict[str, Any]:
+    urn = f"urn:pulumi:lab::pgha::pgha:index:X$pgha:T::{urn_name}"
+    if kind == "pre":
+        return {"resourcePreEvent": {"metadata": {"op": op, "urn": urn}}}
+    return {"resOutputsEvent": {"metadata": {"op": op, "urn": urn}}}
+
+
+def test_spans_pair_each_changed_resource_start_with_its_outputs() -> None:
+    from bench.events import spans
+
+    events = [(0.5, _event("pre", "s-install-pg1")), (0.6, _event("pre", "s-etcd-pg1")),
+              (0.7, _event("pre", "s-leader", op="same")), (0.8, _event("out", "s-leader", op="same")),
+              (4.0, _event("out", "s-etcd-pg1")), (9.25, _event("out", "s-install-pg1")),
+              (9.5, {"diagnosticEvent": {"message": "x"}})]
+    assert spans(events) == {"s-install-pg1": (0.5, 9.25), "s-etcd-pg1": (0.6, 4.0)}
+
+
+def test_phases_take_the_first_start_and_the_last_end_of_their_resources() -> None:
+    from bench.events import phases
+
+    found = phases({"s-install-pg1": (2.0, 12.0), "s-install-pg2-patroni": (3.0, 13.5),
+                    "s-etcd-pg1": (2.1, 6.0), "s-etcd-membership": (2.0, 2.1),
+                    "s-role-admin-password": (2.0, 2.1),
+                    "s-role-admin": (18.0, 18.5), "s-bootstrap": (13.6, 17.0),
+                    "s-node-pg2": (17.1, 21.0), "s-node-pg1": (17.1, 17.5)})
+    assert found == {"install": "2.0–13.5 s", "etcd": "2.1–6.0 s", "bootstrap": "13.6–17.0 s",
+                     "nodes": "17.1–21.0 s", "roles": "18.0–18.5 s"}
+
+
+def test_event_tail_stamps_lines_as_they_are_written(tmp_path: Path) -> None:
+    import time
+
+    from bench.events import EventTail
+
+    log = tmp_path / "events.jsonl"
+    with EventTail(log) as tail:
+        time.sleep(0.1)
+        log.write_text(json.dumps(_event("pre", "a")) + "\n" + json.dumps(_event("out", "a"))[:10])
+        time.sleep(0.1)
+        with open(log, "a") as f:
+            f.write(json.dumps(_event("out", "a"))[10:] + "\n")
+    assert [sorted(e) for _, e in tail.events] == [["resourcePreEvent"], ["resOutputsEvent"]]
+    assert 0.05 < tail.events[0][0] <= tail.events[1][0]
