@@ -25,7 +25,13 @@ if cluster.backup is not None:
 if config.generate_passwords and not raw.get("superuserPassword"):
     # A lab has no secret store: `pulumi stack output superuserPassword --show-secrets`.
     pulumi.export("superuserPassword", cluster.secrets.passwords["superuser"])
+if cluster.tls is not None:
+    # pgha:tls: the CA bundle clients trust (`pulumi stack output tlsCa > pgha-ca.crt`) and
+    # when each certificate expires.
+    pulumi.export("tlsCa", cluster.tls.trust_pem)
+    pulumi.export("certificateExpiry", cluster.tls.expiry)
+_ssl = " sslmode=verify-full sslrootcert=pgha-ca.crt" if cluster.tls is not None else ""
 pulumi.export("psql", [
-    f"psql 'host={addr.split(':')[0]} port={addr.split(':')[1]} user=postgres dbname=postgres'"
+    f"psql 'host={addr.split(':')[0]} port={addr.split(':')[1]} user=postgres dbname=postgres{_ssl}'"
     for addr in cluster.haproxy.primary_endpoints
 ])

@@ -23,9 +23,15 @@ import pulumi
 from components import tls
 from components.command_connection import FileReader, unknown_secret
 from components.config import ClusterConfig, Host
-from components.resources import TlsCertificate, TlsCertificateAuthority
+from components.resources import TlsCertificate, TlsCertificateAuthority, TlsFiles
 from components.tls_config import CA_KEY_SECRET, HostCertificateFiles
-from components.tls_plan import CLIENT, ca_common_name, planned_certificates, supplied_certificate_problems
+from components.tls_plan import (
+    CLIENT,
+    TlsFileSet,
+    ca_common_name,
+    planned_certificates,
+    supplied_certificate_problems,
+)
 from components.validation import ConfigError, key
 
 
@@ -93,6 +99,40 @@ class ClusterCertificates(pulumi.ComponentResource):
         """`host`'s certificate for `purpose` (etcd, patroni, haproxy): its own per purpose when the
         stack issues them, the host's one ready-made certificate otherwise."""
         return self.certificates.get(f"{host}-{purpose}") or self.certificates[host]
+
+    def client_tls(self) -> pulumi.Output[dict[str, str]]:
+        """pgha's own TLS client identity, the `tls_client` input of every resource that calls
+        etcd or Patroni (transport/tls_client.py): the trust bundle, pgha-client's certificate and
+        its key; secret."""
+        assert self.trust_pem is not None
+        client = self.certificates[CLIENT]
+        return pulumi.Output.secret(pulumi.Output.all(self.trust_pem, client.cert_pem, client.key_pem).apply(
+            lambda v: {"ca_pem": v[0], "cert_pem": v[1], "key_pem": v[2]}))
+
+    def deliver(self, name: str, host: Host, files: TlsFileSet, connection: dict[str, Any],
+                ssh_private_key: pulumi.Output[str] | None, opts: pulumi.ResourceOptions,
+                extra: dict[str, Any] | None = None) -> TlsFiles:
+        """A TlsFiles resource writing `files` on `host` (components/providers/tls_files.py)."""
+        assert self.trust_pem is not None
+        cert = self.certificate(host.name, files.service) if files.certificate else None
+
+        def contents(v: list[str]) -> dict[str, str]:
+            pem = {"ca": v[0], "cert": v[1], "key": v[2]}
+            return {f.path: "".join(pem[part] or "" for part in f.content.split("+")) for f in files.files}
+
+        parts = [self.trust_pem, cert.cert_pem if cert else "", cert.key_pem if cert else ""]
+        props: dict[str, Any] = {
+            "connection": connection, "service": files.service, "host_name": host.name,
+            "directory": files.directory or "", "owner": files.owner,
+            "layout": {f.path: f"{f.mode} {f.owner}:{f.group}" for f in files.files},
+            # Public: a renewal reads as a new expiry date in the preview.
+            "not_after": cert.not_after if cert else "",
+            "contents": pulumi.Output.secret(pulumi.Output.all(*parts).apply(contents)),
+            **(extra or {}),
+        }
+        if ssh_private_key is not None:
+            props["ssh_private_key"] = ssh_private_key
+        return TlsFiles(name, props, opts)
 
     @staticmethod
     def _users_ca(cfg: ClusterConfig, raw: dict[str, Any], reader: FileReader) -> str | None:

@@ -7,6 +7,7 @@ from typing import Any
 import pulumi
 
 from components.backup import Backup
+from components.certificates import ClusterCertificates
 from components.config import ClusterConfig
 from components.etcd import EtcdCluster
 from components.haproxy import HAProxy
@@ -21,7 +22,11 @@ class PostgresHaCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         secrets = cluster_secrets(cfg, raw_config, parent=self)
         self.secrets = secrets
-        self.etcd = EtcdCluster(f"{cfg.scope}-etcd", cfg, secrets, child)
+        # pgha:tls: the CA and the certificates, before anything that uses them. With TLS off
+        # there is no such resource at all (the stack stays as it was before pgha:tls).
+        self.tls = (ClusterCertificates(f"{cfg.scope}-tls", cfg, raw_config, child)
+                    if cfg.tls.enabled else None)
+        self.etcd = EtcdCluster(f"{cfg.scope}-etcd", cfg, secrets, child, self.tls)
         etcd_members = list(self.etcd.members.values())
         # pgha:backup: pgBackRest's configuration and SSH keys are in place before Patroni
         # starts (archiving from the first WAL segment; a restore bootstraps from them).
@@ -29,13 +34,16 @@ class PostgresHaCluster(pulumi.ComponentResource):
                              child) if cfg.backup is not None else None
         before_patroni = self.backup.prerequisites if self.backup is not None else []
         self.patroni = PatroniClusterComponent(f"{cfg.scope}-patroni", cfg, secrets,
-                                               etcd_members + before_patroni, self.etcd.guard, child)
+                                               etcd_members + before_patroni, self.etcd.guard, child,
+                                               self.tls)
         if self.backup is not None:
             self.backup.add_stanza([self.patroni.dynamic_config])
-        self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets, self.patroni.leader_ready, child)
+        self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets, self.patroni.leader_ready, child,
+                               self.tls)
         self.register_outputs({
             "primary": self.haproxy.primary_endpoints,
             "replicas": self.haproxy.replica_endpoints,
             "members": self.patroni.members,
             **({"backup": self.backup.status} if self.backup is not None else {}),
+            **({"tlsCa": self.tls.trust_pem, "certificateExpiry": self.tls.expiry} if self.tls else {}),
         })

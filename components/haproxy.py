@@ -5,16 +5,19 @@ from __future__ import annotations
 import pulumi
 
 from components import specs
+from components.certificates import ClusterCertificates
 from components.config import ClusterConfig
 from components.resources import HAProxyConfig
 from components.secrets import ClusterSecrets
+from components.tls_plan import tls_file_sets
 
 
 class HAProxy(pulumi.ComponentResource):
     configs: dict[str, HAProxyConfig]
 
     def __init__(self, name: str, cfg: ClusterConfig, secrets: ClusterSecrets,
-                 depends_on: list[pulumi.Resource], opts: pulumi.ResourceOptions | None = None) -> None:
+                 depends_on: list[pulumi.Resource], opts: pulumi.ResourceOptions | None = None,
+                 tls: ClusterCertificates | None = None) -> None:
         super().__init__("pgha:index:HAProxy", name, None, opts)
         self.configs = {}
         spec = specs.haproxy_spec(cfg)
@@ -22,9 +25,16 @@ class HAProxy(pulumi.ComponentResource):
             props = {"connection": specs.connection(host), **spec}
             if secrets.ssh_private_key is not None:
                 props["ssh_private_key"] = secrets.ssh_private_key
+            before: list[pulumi.Resource] = []
+            if tls is not None:
+                # The CA file (and a client certificate) in place before `haproxy -c` and the reload.
+                before = [tls.deliver(f"{cfg.scope}-haproxy-tls-{host.name}", host, files,
+                                      specs.connection(host), secrets.ssh_private_key,
+                                      pulumi.ResourceOptions(parent=self))
+                          for files in tls_file_sets(cfg, host) if files.service == "haproxy"]
             self.configs[host.name] = HAProxyConfig(
                 f"{cfg.scope}-haproxy-{host.name}", props,
-                pulumi.ResourceOptions(parent=self, depends_on=depends_on))
+                pulumi.ResourceOptions(parent=self, depends_on=depends_on + before))
         self.primary_endpoints = [f"{h.address}:{cfg.haproxy.primary_port}" for h in cfg.with_role("haproxy")]
         self.replica_endpoints = [f"{h.address}:{cfg.haproxy.replica_port}" for h in cfg.with_role("haproxy")]
         self.register_outputs({"primary": self.primary_endpoints, "replicas": self.replica_endpoints})

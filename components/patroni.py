@@ -9,6 +9,7 @@ from typing import Any
 import pulumi
 
 from components import render, specs
+from components.certificates import ClusterCertificates
 from components.command_connection import FileReader, connection_args
 from components.config import ClusterConfig, Host
 from components.host_install import PatroniHostInstall, PatroniHostInstallArgs, wheelhouse_archive
@@ -21,6 +22,7 @@ from components.resources import (
     PatroniNode,
 )
 from components.secrets import ClusterSecrets
+from components.tls_plan import tls_file_sets
 
 
 def _ssh_key_prefix(cfg: ClusterConfig, host: Host) -> str:
@@ -57,15 +59,17 @@ class PatroniClusterComponent(pulumi.ComponentResource):
 
     def __init__(self, name: str, cfg: ClusterConfig, secrets: ClusterSecrets,
                  depends_on: list[pulumi.Resource], guard: pulumi.Resource,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+                 opts: pulumi.ResourceOptions | None = None, tls: ClusterCertificates | None = None) -> None:
         super().__init__("pgha:index:PatroniCluster", name, None, opts)
         patroni_secrets = secrets.patroni()
+        # pgha:tls: pgha's client certificate for its calls to etcd and Patroni.
+        client = {"tls_client": tls.client_tls()} if tls is not None else {}
 
         # Created after etcd and deleted before it; deleted after every node,
         # when it removes the cluster's keys from the DCS.
         self.cluster = PatroniCluster(
             f"{cfg.scope}-cluster",
-            {**specs.patroni_cluster_spec(cfg), "secrets": patroni_secrets},
+            {**specs.patroni_cluster_spec(cfg), "secrets": patroni_secrets, **client},
             pulumi.ResourceOptions(parent=self, depends_on=depends_on),
         )
 
@@ -75,8 +79,8 @@ class PatroniClusterComponent(pulumi.ComponentResource):
 
         def node_props(host: Host) -> dict[str, Any]:
             return _with_key({"connection": specs.connection(host), **specs.patroni_node_spec(cfg, host),
-                              "bootstrap_leader": host.name == first.name, "secrets": patroni_secrets},
-                             secrets)
+                              "bootstrap_leader": host.name == first.name, "secrets": patroni_secrets,
+                              **client}, secrets)
 
         reader = FileReader(dry_run=pulumi.runtime.is_dry_run())
         for host in cfg.with_role("patroni"):
@@ -85,12 +89,23 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                 f"{cfg.scope}-install-{host.name}", _install(cfg, host, secrets, reader, guard),
                 pulumi.ResourceOptions(parent=self),
             )
+        # pgha:tls: the node's certificate files, on the host before Patroni starts with them.
+        self.tls_files: dict[str, list[pulumi.Resource]] = {h.name: [] for h in cfg.with_role("patroni")}
+        if tls is not None:
+            for host in cfg.with_role("patroni"):
+                self.tls_files[host.name] = [
+                    tls.deliver(f"{cfg.scope}-patroni-tls-{host.name}", host, files, specs.connection(host),
+                                secrets.ssh_private_key,
+                                pulumi.ResourceOptions(parent=self, depends_on=[self.installs[host.name]]),
+                                extra={"pg_port": cfg.postgresql.port})
+                    for files in tls_file_sets(cfg, host) if files.service == "patroni"]
         # A new cluster gets its leader (the first host) before any node's create begins;
         # an existing one is left alone (see providers/patroni_bootstrap.py).
         self.bootstrap = PatroniBootstrap(
             f"{cfg.scope}-bootstrap", node_props(first),
             pulumi.ResourceOptions(parent=self,
-                                   depends_on=[self.installs[first.name], self.cluster, *depends_on]),
+                                   depends_on=[self.installs[first.name], self.cluster, *depends_on,
+                                               *self.tls_files[first.name]]),
         )
         for host in cfg.with_role("patroni"):
             # A node added later starts once the leader's pg_hba admits it (checked by
@@ -98,7 +113,8 @@ class PatroniClusterComponent(pulumi.ComponentResource):
             self.nodes[host.name] = PatroniNode(
                 f"{cfg.scope}-node-{host.name}", node_props(host),
                 pulumi.ResourceOptions(parent=self, depends_on=[self.installs[host.name], self.cluster,
-                                                                self.bootstrap, *depends_on],
+                                                                self.bootstrap, *depends_on,
+                                                                *self.tls_files[host.name]],
                                        # Seeds a new cluster only: never a change of a running node.
                                        ignore_changes=["bootstrap", "bootstrap_leader"]),
             )
@@ -109,17 +125,17 @@ class PatroniClusterComponent(pulumi.ComponentResource):
         self.leader_ready: list[pulumi.Resource] = [self.bootstrap, self.nodes[first.name]]
         self.dynamic_config = PatroniDynamicConfig(
             f"{cfg.scope}-dynamic-config",
-            {**specs.dynamic_config_spec(cfg), "secrets": patroni_secrets},
+            {**specs.dynamic_config_spec(cfg), "secrets": patroni_secrets, **client},
             pulumi.ResourceOptions(parent=self, depends_on=nodes),
         )
         self.leader = PatroniLeader(
-            f"{cfg.scope}-leader", {**specs.leader_spec(cfg), "secrets": patroni_secrets},
+            f"{cfg.scope}-leader", {**specs.leader_spec(cfg), "secrets": patroni_secrets, **client},
             pulumi.ResourceOptions(parent=self, depends_on=[self.dynamic_config]),
         )
 
         nodes_info = {
             host.name: {"connection": specs.connection(host),
-                        "api_url": f"http://{host.address}:{cfg.patroni.restapi_port}"}
+                        "api_url": specs.patroni_api_url(cfg, host)}
             for host in cfg.with_role("patroni")
         }
         self.roles: dict[str, DatabaseRole] = {}
@@ -128,7 +144,7 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                 "scope": cfg.scope, "name": role.name, "options": list(role.options), "login": role.login,
                 "nodes": nodes_info, "default_connection": specs.default_connection(cfg),
                 "bin_dir": cfg.postgresql.bin_dir,
-                "socket_dir": "/var/run/postgresql", "pg_port": cfg.postgresql.port,
+                "socket_dir": "/var/run/postgresql", "pg_port": cfg.postgresql.port, **client,
             }
             if role.name in secrets.role_passwords:
                 props["secrets"] = pulumi.Output.secret(

@@ -22,8 +22,10 @@ from components.providers.patroni_bootstrap import PatroniBootstrapProvider
 from components.providers.patroni_cluster import PatroniClusterProvider
 from components.providers.patroni_node import PatroniNodeProvider
 from components.providers.tls_certificates import CertificateAuthorityProvider, CertificateProvider
+from components.providers.tls_files import TlsFilesProvider
 
-SECRET_OUTPUTS = ["secrets", "ssh_private_key"]
+# tls_client: pgha's own TLS client identity (pgha:tls), its key included.
+SECRET_OUTPUTS = ["secrets", "ssh_private_key", "tls_client"]
 
 
 def _opts(opts: pulumi.ResourceOptions | None,
@@ -139,3 +141,11 @@ class TlsCertificate(Resource, module="pgha", name="TlsCertificate"):
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(CertificateProvider(), name, {**CERT_OUTPUTS, **props},
                          _opts(opts, ["key_pem", "ca_key_pem"]))
+
+
+class TlsFiles(Resource, module="pgha", name="TlsFiles"):
+    """The certificate files one service reads on one host (components/providers/tls_files.py)."""
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TlsFilesProvider(), name, {"in_place": None, "drift": None, **props},
+                         _opts(opts, ["contents"]))

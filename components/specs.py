@@ -11,7 +11,7 @@ import ipaddress
 import shlex
 from typing import Any
 
-from components import pg_params
+from components import pg_params, tls_plan
 from components.config import ClusterConfig, Host, SshSettings
 from components.install_steps import InstallPlan
 
@@ -88,6 +88,24 @@ def etcd_client_endpoints(cfg: ClusterConfig) -> list[str]:
     return [f"{h.address}:{cfg.etcd.client_port}" for h in cfg.with_role("etcd")]
 
 
+def scheme(cfg: ClusterConfig) -> str:
+    """etcd's and Patroni's REST scheme: https with pgha:tls on."""
+    return "https" if cfg.tls.enabled else "http"
+
+
+def etcd_client_urls(cfg: ClusterConfig) -> list[str]:
+    return [f"{scheme(cfg)}://{e}" for e in etcd_client_endpoints(cfg)]
+
+
+def patroni_api_url(cfg: ClusterConfig, host: Host) -> str:
+    return f"{scheme(cfg)}://{host.address}:{cfg.patroni.restapi_port}"
+
+
+def _with_tls(spec: dict[str, Any], tls: dict[str, str] | None) -> dict[str, Any]:
+    """A spec's `tls` (pgha:tls), left out with TLS off: the inputs stay as before pgha:tls."""
+    return spec if tls is None else {**spec, "tls": tls}
+
+
 def _ssh_props(ssh: SshSettings) -> dict[str, Any]:
     props: dict[str, Any] = {
         "port": ssh.port, "user": ssh.user, "private_key_file": ssh.private_key_file,
@@ -111,7 +129,7 @@ def default_connection(cfg: ClusterConfig) -> dict[str, Any]:
 
 def etcd_member_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
     members = cfg.with_role("etcd")
-    return {
+    return _with_tls({
         "name": host.name,
         "address": host.address,
         "client_port": cfg.etcd.client_port,
@@ -119,8 +137,8 @@ def etcd_member_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
         "data_dir": cfg.etcd.data_dir,
         "cluster_token": f"pgha-{cfg.scope}",
         # Only read when this member founds a new cluster; ignored by diffs.
-        "bootstrap_cluster": {m.name: f"http://{m.address}:{cfg.etcd.peer_port}" for m in members},
-    }
+        "bootstrap_cluster": {m.name: f"{scheme(cfg)}://{m.address}:{cfg.etcd.peer_port}" for m in members},
+    }, tls_plan.etcd_tls(cfg))
 
 
 def patroni_install_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
@@ -158,7 +176,7 @@ def _pgpass(cfg: ClusterConfig) -> str:
 def patroni_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
     pg = cfg.postgresql
     dcs = cfg.dcs
-    return {
+    return _with_tls({
         "scope": cfg.scope,
         "namespace": cfg.namespace,
         "name": host.name,
@@ -173,7 +191,7 @@ def patroni_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
         "socket_dir": "/var/run/postgresql",
         "users": {"superuser": pg.superuser, "replication": pg.replication_user,
                   "rewind": pg.rewind_user},
-        "pg_hba": pg_hba(cfg),
+        "pg_hba": pg_hba(cfg, ssl=cfg.tls.enabled),
         "tags": host.tags.as_patroni(),
         "config_file": f"{cfg.patroni.config_dir}/patroni.yml",
         "venv": cfg.patroni.install.venv,
@@ -192,14 +210,14 @@ def patroni_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
             **({"restore": restore_bootstrap(cfg)} if cfg.restore else {}),
         },
         **({"replica_from_backup": replica_from_backup(cfg)} if cfg.backup else {}),
-    }
+    }, tls_plan.patroni_tls(cfg))
 
 
 def patroni_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
     return {
         "scope": cfg.scope,
         "namespace": cfg.namespace,
-        "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)],
+        "etcd_endpoints": etcd_client_urls(cfg),
         "members": [h.name for h in cfg.with_role("patroni")],
         # Preferred successor when the leader's host is removed (routing, not a change).
         "leader": cfg.leader,
@@ -208,7 +226,7 @@ def patroni_cluster_spec(cfg: ClusterConfig) -> dict[str, Any]:
 
 def haproxy_spec(cfg: ClusterConfig) -> dict[str, Any]:
     ha = cfg.haproxy
-    return {
+    return _with_tls({
         "scope": cfg.scope,
         "primary_port": ha.primary_port,
         "replica_port": ha.replica_port,
@@ -223,7 +241,7 @@ def haproxy_spec(cfg: ClusterConfig) -> dict[str, Any]:
         # check keeps the leader and noloadbalance nodes out of the replica port.
         "primary_servers": haproxy_servers(cfg),
         "replica_servers": haproxy_servers(cfg),
-    }
+    }, tls_plan.haproxy_tls(cfg))
 
 
 def haproxy_servers(cfg: ClusterConfig) -> dict[str, str]:
@@ -257,7 +275,7 @@ def dynamic_config_spec(cfg: ClusterConfig) -> dict[str, Any]:
     return {
         "scope": cfg.scope,
         "namespace": cfg.namespace,
-        "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)],
+        "etcd_endpoints": etcd_client_urls(cfg),
         "dcs": dcs_settings(cfg),
         "parameters_reload": reload,
         # Changing one of these restarts every node (replicas one at a time, a switchover,
@@ -272,7 +290,7 @@ def dynamic_config_spec(cfg: ClusterConfig) -> dict[str, Any]:
 
 def leader_spec(cfg: ClusterConfig) -> dict[str, Any]:
     return {"scope": cfg.scope, "namespace": cfg.namespace,
-            "etcd_endpoints": [f"http://{e}" for e in etcd_client_endpoints(cfg)], "leader": cfg.leader}
+            "etcd_endpoints": etcd_client_urls(cfg), "leader": cfg.leader}
 
 
 # --- Backups and point-in-time recovery (pgBackRest, pgha:backup / pgha:restore) ---------------
@@ -393,7 +411,7 @@ def backup_stanza_spec(cfg: ClusterConfig) -> dict[str, Any]:
         "schedule": {kind: calendar for kind, calendar in
                      (("full", backup.schedule_full), ("diff", backup.schedule_diff)) if calendar},
         # Where the backup script looks for a healthy standby, and how status finds the leader.
-        "nodes": {h.name: {"api_url": f"http://{h.address}:{cfg.patroni.restapi_port}",
+        "nodes": {h.name: {"api_url": patroni_api_url(cfg, h),
                            "connection": connection(h)}
                   for h in cfg.with_role("patroni")},
         "pg_port": cfg.postgresql.port,

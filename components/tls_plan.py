@@ -246,3 +246,55 @@ def haproxy_tls(cfg: ClusterConfig) -> dict[str, str] | None:
     if cfg.tls.restapi_verify_client == "required":
         files["crt"] = HAPROXY_CLIENT_PEM
     return files
+
+
+@dataclass(frozen=True)
+class TlsFile:
+    path: str
+    content: str  # ca | cert | key | cert+key: which PEM goes in it
+    mode: str
+    owner: str
+    group: str
+
+
+@dataclass(frozen=True)
+class TlsFileSet:
+    """The certificate files one service reads on one host, written before the service starts."""
+
+    service: str  # etcd | patroni | haproxy
+    certificate: str | None  # the planned certificate's name (None: the CA only)
+    directory: str | None  # made 0700, owned by the service user (None: an existing directory)
+    owner: str
+    files: tuple[TlsFile, ...]
+
+
+def tls_file_sets(cfg: ClusterConfig, host: Host) -> list[TlsFileSet]:
+    """Every certificate file set `host` needs ([] with TLS off). Keys are 0600 and owned by
+    the service user; certificates and the CA bundle are public (0644)."""
+    if not cfg.tls.enabled:
+        return []
+    sets: list[TlsFileSet] = []
+    if "etcd" in host.roles:
+        e = etcd_tls(cfg)
+        assert e is not None
+        sets.append(TlsFileSet("etcd", f"{host.name}-etcd", ETCD_TLS_DIR, "etcd", (
+            TlsFile(e["ca_file"], "ca", "0644", "etcd", "etcd"),
+            TlsFile(e["cert_file"], "cert", "0644", "etcd", "etcd"),
+            TlsFile(e["key_file"], "key", "0600", "etcd", "etcd"))))
+    if "patroni" in host.roles:
+        p = patroni_tls(cfg)
+        assert p is not None
+        base = f"{cfg.patroni.config_dir}/tls"
+        sets.append(TlsFileSet("patroni", f"{host.name}-patroni", base, "postgres", (
+            TlsFile(p["ca_file"], "ca", "0644", "postgres", "postgres"),
+            TlsFile(p["cert_file"], "cert", "0644", "postgres", "postgres"),
+            TlsFile(p["key_file"], "key", "0600", "postgres", "postgres"))))
+    if "haproxy" in host.roles:
+        h = haproxy_tls(cfg)
+        assert h is not None
+        files = [TlsFile(h["ca_file"], "ca", "0644", "root", "root")]
+        if "crt" in h:
+            files.append(TlsFile(h["crt"], "cert+key", "0600", "haproxy", "haproxy"))
+        sets.append(TlsFileSet("haproxy", f"{host.name}-haproxy" if "crt" in h else None, None, "haproxy",
+                               tuple(files)))
+    return sets

@@ -27,7 +27,10 @@ from pulumi.dynamic import DiffResult, ResourceProvider
 from components.transport.ssh import Ssh, SshTarget, describe
 from components.transport.tls_client import client_tls
 
-SECRET_INPUTS = ("secrets", "ssh_private_key")
+SECRET_INPUTS = ("secrets", "ssh_private_key", "tls_client")
+# Inputs that are how pgha reaches a service, not what it sets up: a renewed client certificate
+# is no change of the resource (the state keeps the one it has until an update of its own).
+CREDENTIALS = frozenset({"tls_client"})
 
 
 def integral(value: Any) -> Any:
@@ -108,7 +111,7 @@ class HostProvider(ResourceProvider):
 
     def changed_keys(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
         olds = self.upgrade(olds)
-        keys = (set(olds) | set(news)) - self.CREATE_ONLY - set(self.OBSERVED) - self.OUTPUTS
+        keys = (set(olds) | set(news)) - self.CREATE_ONLY - set(self.OBSERVED) - self.OUTPUTS - CREDENTIALS
         keys = {k for k in keys if not k.startswith("__")}
         return sorted(k for k in keys if not self.same(k, olds.get(k), news.get(k)))
 

@@ -37,16 +37,22 @@ ENV_FILE = "/etc/default/etcd"
 IDENTITY = ("ETCD_NAME", "ETCD_DATA_DIR", "ETCD_LISTEN_PEER_URLS", "ETCD_INITIAL_CLUSTER_TOKEN")
 
 
+def _scheme(props: dict[str, Any]) -> str:
+    """https when the member runs with pgha:tls (its spec has `tls`)."""
+    return "https" if props.get("tls") else "http"
+
+
 def _client_url(peer_url: str, client_port: int) -> str:
-    return f"http://{urlparse(peer_url).hostname}:{client_port}"
+    url = urlparse(peer_url)
+    return f"{url.scheme}://{url.hostname}:{client_port}"
 
 
 def _peer_url(props: dict[str, Any]) -> str:
-    return f"http://{props['address']}:{props['peer_port']}"
+    return f"{_scheme(props)}://{props['address']}:{props['peer_port']}"
 
 
 def _my_client(props: dict[str, Any]) -> str:
-    return f"http://{props['address']}:{props['client_port']}"
+    return f"{_scheme(props)}://{props['address']}:{props['client_port']}"
 
 
 def _other_gateways(props: dict[str, Any]) -> list[EtcdGateway]:

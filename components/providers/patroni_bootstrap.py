@@ -31,6 +31,7 @@ from components.providers.patroni_node import (
     DATA_UNREADABLE,
     PatroniNodeProvider,
     dcs_gateway,
+    etcd_urls,
     has_data,
     host_clock,
     probe_node,
@@ -209,7 +210,7 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
         """Refresh: does the DCS show the cluster running (a leader) with the system the
         state recorded?"""
         outs = dict(props)
-        endpoints = [f"http://{e}" for e in props["etcd_hosts"]]
+        endpoints = etcd_urls(props)
         gateway = dcs_gateway(props)
         dcs = None
         if gateway is not None:

@@ -37,8 +37,17 @@ from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, Res
 from components.transport.ssh import Ssh, SshError, UnitStopped, WaitFailed, notify, wait_for
 
 
+def scheme(props: dict[str, Any]) -> str:
+    """https for etcd and Patroni's REST API when the node runs with pgha:tls (its spec has `tls`)."""
+    return "https" if props.get("tls") else "http"
+
+
+def etcd_urls(props: dict[str, Any]) -> list[str]:
+    return [f"{scheme(props)}://{e}" for e in props["etcd_hosts"]]
+
+
 def api(props: dict[str, Any]) -> PatroniApi:
-    return PatroniApi(f"http://{props['address']}:{props['restapi_port']}",
+    return PatroniApi(f"{scheme(props)}://{props['address']}:{props['restapi_port']}",
                       auth=(props["restapi_username"], props["secrets"]["restapi"]))
 
 
@@ -69,7 +78,7 @@ def _member_key(props: dict[str, Any]) -> str:
 
 def dcs_gateway(props: dict[str, Any]) -> EtcdGateway | None:
     """A healthy etcd member of the cluster this node uses as its DCS."""
-    return first_healthy([f"http://{e}" for e in props["etcd_hosts"]])
+    return first_healthy(etcd_urls(props))
 
 
 def leader_member(gateway: EtcdGateway, props: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,7 +92,7 @@ def leader_member(gateway: EtcdGateway, props: dict[str, Any]) -> dict[str, Any]
 def wait_for_dcs(props: dict[str, Any], timeout: float = 30.0) -> EtcdGateway:
     """A healthy etcd member of the DCS, waiting a while for one (etcd members repaired
     earlier in the same `up` may still be electing a leader; that takes seconds)."""
-    endpoints = ", ".join(f"http://{e}" for e in props["etcd_hosts"])
+    endpoints = ", ".join(etcd_urls(props))
     try:
         return wait_for(lambda: dcs_gateway(props), timeout=timeout, interval=1,
                         what=f"a healthy etcd member among {endpoints}", host=props["address"])

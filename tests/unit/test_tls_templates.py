@@ -23,8 +23,7 @@ SECRETS = {"superuser": "su", "replication": "repl", "rewind": "rw", "restapi": 
 
 def _lab(**tls: Any) -> ClusterConfig:
     raw = lab_raw()
-    if tls:
-        raw["tls"] = tls
+    raw["tls"] = {"enabled": True, **tls}  # the lab stack turns it off
     return load_cluster_config(raw, set())
 
 
@@ -106,7 +105,7 @@ def test_etcd_env_with_tls() -> None:
         assert env[f"ETCD_{side}TRUSTED_CA_FILE"] == "/etc/etcd/pgha-tls/ca.crt"
         assert env[f"ETCD_{side}CERT_FILE"] == "/etc/etcd/pgha-tls/server.crt"
         assert env[f"ETCD_{side}KEY_FILE"] == "/etc/etcd/pgha-tls/server.key"
-    plain = _env(render.etcd_env(specs.etcd_member_spec(cfg, host), "x", "new"))
+    plain = _env(render.etcd_env(specs.etcd_member_spec(_lab(enabled=False), host), "x", "new"))
     assert plain["ETCD_LISTEN_CLIENT_URLS"] == "http://10.77.0.12:2379,http://127.0.0.1:2379"
     assert not [k for k in plain if "CERT" in k or "CA_FILE" in k]
 
