@@ -1,0 +1,166 @@
+"""pgha:tls on a new stack: 3 etcd+Patroni nodes and HAProxy deployed with TLS on.
+
+After `up`: plaintext to etcd (:2379), Patroni's REST API (:8008) and PostgreSQL is refused;
+TLS with the stack's CA (output tlsCa) works: etcd's /health with a client certificate, GET
+/patroni, psql through HAProxy with sslmode=verify-full. patronictl works on every node, the
+replication connections use SSL, the key files are 0600 of their service user, the state holds
+no plaintext private key and a second preview shows no change.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+from components.providers.haproxy_config import backend_status
+from lab import Lab
+from scripts.lab_stack import link_wheelhouse
+from tests.cluster.conftest import NODES, PRIMARY, ProjectCopy, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
+
+
+@dataclass
+class TlsStack:
+    lab: Lab
+    project: ProjectCopy
+    ca_file: Path
+    client: tuple[str, str]  # a node's certificate and key, copied here for etcd's client auth
+    password: str
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[TlsStack]:
+    lab = Lab.up(4)
+    try:
+        link_wheelhouse(lab)
+        base = tmp_path_factory.mktemp("tls")
+        project = ProjectCopy.with_stack(base, "tls")
+        config = copy.deepcopy(project.base_config)
+        config["tls"] = {"enabled": True}
+        project.write_config(config)
+        started = time.monotonic()
+        project.run("up", "--yes", "--skip-preview")
+        print(f"\npulumi up with TLS (3 nodes + HAProxy): {time.monotonic() - started:.1f}s")
+        outputs = json.loads(project.run("stack", "output", "--json", "--show-secrets").stdout)
+        ca_file = base / "ca.crt"
+        ca_file.write_text(outputs["tlsCa"])
+        cert, key = base / "node.crt", base / "node.key"
+        cert.write_text(lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.crt").stdout)
+        key.write_text(lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.key").stdout)
+        key.chmod(0o600)
+        yield TlsStack(lab, project, ca_file, (str(cert), str(key)), outputs["superuserPassword"])
+        project.run("destroy", "--yes", "--skip-preview", check=False)
+    finally:
+        Lab.down()
+
+
+def _plaintext_refused(url: str) -> str:
+    """How a plaintext request to a TLS port fails: an error, or Go's 400 for etcd."""
+    try:
+        resp = requests.get(url, timeout=5)
+    except requests.RequestException as err:
+        return type(err).__name__
+    assert resp.status_code == 400 and "HTTPS" in resp.text, (url, resp.status_code, resp.text[:200])
+    return f"HTTP {resp.status_code}"
+
+
+def test_outputs_name_the_ca_and_expiry(stack: TlsStack) -> None:
+    outputs = json.loads(stack.project.run("stack", "output", "--json").stdout)
+    assert "BEGIN CERTIFICATE" in stack.ca_file.read_text()
+    expiry = outputs["certificateExpiry"]
+    assert {"ca", "pg1-etcd", "pg1-patroni", "pgha-client"} <= set(expiry), expiry
+
+
+def test_plaintext_is_refused(stack: TlsStack) -> None:
+    for address in NODES.values():
+        _plaintext_refused(f"http://{address}:2379/health")
+        _plaintext_refused(f"http://{address}:8008/patroni")
+    for host, port in [PRIMARY, *((a, 5432) for a in NODES.values())]:
+        with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+            psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", password=stack.password,
+                            sslmode="disable", connect_timeout=5)
+
+
+def test_etcd_needs_the_ca_and_a_client_certificate(stack: TlsStack) -> None:
+    for address in NODES.values():
+        url = f"https://{address}:2379/health"
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, timeout=5)  # the system's CAs do not know the cluster CA
+        with pytest.raises(requests.exceptions.RequestException):
+            requests.get(url, verify=str(stack.ca_file), timeout=5)  # no client certificate
+        resp = requests.get(url, verify=str(stack.ca_file), cert=stack.client, timeout=5)
+        assert resp.status_code == 200 and resp.json()["health"] in ("true", True), resp.text
+
+
+def test_patroni_rest_api_over_https(stack: TlsStack) -> None:
+    roles = {}
+    for name, address in NODES.items():
+        status = requests.get(f"https://{address}:8008/patroni", verify=str(stack.ca_file), timeout=5).json()
+        assert status["state"] == "running", status
+        roles[name] = status["role"]
+    assert sorted(roles.values()).count("replica") == 2, roles
+
+
+def test_psql_through_haproxy_verify_full(stack: TlsStack) -> None:
+    host, port = PRIMARY
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", password=stack.password,
+                         sslmode="verify-full", sslrootcert=str(stack.ca_file), connect_timeout=5) as conn:
+        ssl, version = conn.execute(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert ssl is True and version.startswith("TLSv1."), (ssl, version)
+        # Replication connections use SSL too (sslmode verify-full against the leader's name).
+        walsenders = conn.execute(
+            "SELECT r.application_name, s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)"
+        ).fetchall()
+    assert len(walsenders) == 2 and all(ssl for _, ssl in walsenders), walsenders
+
+
+def test_patronictl_list_on_every_node(stack: TlsStack) -> None:
+    for name in NODES:
+        out = stack.lab.ssh(name, "sudo -u postgres patronictl -c /etc/patroni/patroni.yml list").stdout
+        assert out.count("streaming") == 2 and "Leader" in out, (name, out)
+
+
+def test_key_files_are_0600_of_the_service_user(stack: TlsStack) -> None:
+    for name in NODES:
+        out = stack.lab.ssh(name, "sudo stat -c '%n %a %U:%G' /etc/etcd/pgha-tls "
+                                  "/etc/etcd/pgha-tls/server.key /etc/patroni/tls "
+                                  "/etc/patroni/tls/node.key").stdout.split("\n")
+        assert out[:4] == ["/etc/etcd/pgha-tls 700 etcd:etcd", "/etc/etcd/pgha-tls/server.key 600 etcd:etcd",
+                           "/etc/patroni/tls 700 postgres:postgres",
+                           "/etc/patroni/tls/node.key 600 postgres:postgres"], (name, out)
+    out = stack.lab.ssh("pg4", "sudo stat -c '%n %a %U:%G' /etc/haproxy/pgha-ca.crt").stdout.strip()
+    assert out == "/etc/haproxy/pgha-ca.crt 644 root:root"
+
+
+def test_no_plaintext_private_key_in_the_state(stack: TlsStack) -> None:
+    exported = stack.project.run("stack", "export").stdout
+    assert "TlsCertificate" in exported and "TlsFiles" in exported
+    assert "PRIVATE KEY" not in exported
+
+
+def test_second_preview_shows_no_change(stack: TlsStack) -> None:
+    changes = stack.project.preview_changes()
+    assert changes == {}, changes
+
+
+def test_haproxy_checks_over_https(stack: TlsStack) -> None:
+    text = stack.lab.ssh("pg4", "sudo cat /etc/haproxy/haproxy.cfg").stdout
+    assert "check-ssl verify required ca-file /etc/haproxy/pgha-ca.crt" in text
+
+    def servers_up() -> bool:
+        status = backend_status("10.77.0.14", 7000)
+        up = {proxy: [s for s, state in servers.items() if state == "UP"]
+              for proxy, servers in status.items()}
+        return len(up["pgha-lab_primary"]) == 1 and len(up["pgha-lab_replicas"]) == 2
+
+    wait_until(servers_up, 30, "HAProxy's https checks: one primary and two replicas UP")
