@@ -1,0 +1,96 @@
+"""pgha:tls wired into the specs and the file delivery (pure): with TLS on every URL is https and
+each spec carries its `tls`; with TLS off the inputs are exactly those of a plaintext stack; the
+files each service reads, their owners and modes; the read-back of TlsFiles."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from components import specs
+from components.config import ClusterConfig, load_cluster_config
+from components.providers.base import HostProvider
+from components.providers.tls_files import drift_of, expected_stat, parse_read_back, read_back_script
+from components.tls_plan import tls_file_sets
+from tests.unit.configs import lab_raw
+
+
+def _lab(enabled: bool, **tls: Any) -> ClusterConfig:
+    raw = lab_raw()
+    raw["tls"] = {"enabled": enabled, **tls}
+    return load_cluster_config(raw, set())
+
+
+def _all_specs(cfg: ClusterConfig) -> dict[str, Any]:
+    host = cfg.with_role("patroni")[0]
+    return {
+        "etcd": specs.etcd_member_spec(cfg, host), "node": specs.patroni_node_spec(cfg, host),
+        "cluster": specs.patroni_cluster_spec(cfg), "dynamic": specs.dynamic_config_spec(cfg),
+        "leader": specs.leader_spec(cfg), "haproxy": specs.haproxy_spec(cfg),
+    }
+
+
+def test_tls_on_every_url_is_https_and_specs_carry_tls() -> None:
+    on = _all_specs(_lab(True))
+    assert "http://" not in repr(on)
+    assert on["etcd"]["bootstrap_cluster"]["pg2"] == "https://10.77.0.12:2380"
+    assert on["cluster"]["etcd_endpoints"][0] == "https://10.77.0.11:2379"
+    assert on["etcd"]["tls"]["key_file"] == "/etc/etcd/pgha-tls/server.key"
+    assert on["node"]["tls"]["key_file"] == "/etc/patroni/tls/node.key"
+    assert on["haproxy"]["tls"] == {"ca_file": "/etc/haproxy/pgha-ca.crt"}
+    assert on["node"]["pg_hba"]["20 replication pg2"].startswith("hostssl")
+
+
+def test_tls_off_inputs_are_those_of_a_plaintext_stack() -> None:
+    off = _all_specs(_lab(False))
+    assert "https://" not in repr(off) and "'tls'" not in repr(off)
+    assert off["etcd"]["bootstrap_cluster"]["pg2"] == "http://10.77.0.12:2380"
+    assert off["node"]["pg_hba"]["20 replication pg2"].startswith("host ")
+
+
+def test_file_sets_per_host_and_service() -> None:
+    cfg = _lab(True)
+    sets = {h.name: {s.service: s for s in tls_file_sets(cfg, h)} for h in cfg.hosts}
+    assert set(sets["pg1"]) == {"etcd", "patroni"} and set(sets["pg4"]) == {"haproxy"}
+    etcd = sets["pg1"]["etcd"]
+    assert (etcd.certificate, etcd.directory, etcd.owner) == ("pg1-etcd", "/etc/etcd/pgha-tls", "etcd")
+    keys = [f for s in (etcd, sets["pg1"]["patroni"]) for f in s.files if f.content == "key"]
+    assert [(f.path, f.mode, f.owner) for f in keys] == [
+        ("/etc/etcd/pgha-tls/server.key", "0600", "etcd"), ("/etc/patroni/tls/node.key", "0600", "postgres")]
+    haproxy = sets["pg4"]["haproxy"]
+    assert haproxy.certificate is None and [f.path for f in haproxy.files] == ["/etc/haproxy/pgha-ca.crt"]
+    required = _lab(True, restApiVerifyClient="required")
+    pem = next(f for s in tls_file_sets(required, required.hosts[3]) for f in s.files
+               if f.content == "cert+key")
+    assert (pem.path, pem.mode, pem.owner) == ("/etc/haproxy/pgha-client.pem", "0600", "haproxy")
+    assert tls_file_sets(_lab(False), cfg.hosts[0]) == []
+
+
+PROPS = {"service": "etcd", "layout": {"/d/ca.crt": "0644 etcd:etcd", "/d/server.key": "0600 etcd:etcd"},
+         "contents": {"/d/ca.crt": "CA", "/d/server.key": "KEY"}}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_read_back_matches_what_was_written() -> None:
+    assert expected_stat(PROPS) == {"/d/ca.crt": f"{_sha('CA')} 644:etcd:etcd",
+                                    "/d/server.key": f"{_sha('KEY')} 600:etcd:etcd"}
+    output = f"/d/ca.crt {_sha('CA')} 644:etcd:etcd\n/d/server.key {_sha('KEY')} 600:etcd:etcd\n"
+    assert drift_of(PROPS, parse_read_back(output)) == ""
+    assert "for f in /d/ca.crt '/d/a b.key';" in read_back_script(["/d/ca.crt", "/d/a b.key"])
+
+
+def test_read_back_names_what_changed_on_the_host() -> None:
+    output = f"/d/ca.crt {_sha('other')} 644:etcd:etcd\n/d/server.key {_sha('KEY')} 644:root:root\n"
+    assert drift_of(PROPS, parse_read_back(output)) == (
+        "/d/ca.crt was changed on the host; /d/server.key is 644:root:root, not 600:etcd:etcd")
+    assert drift_of(PROPS, parse_read_back("/d/ca.crt missing\n")) == (
+        "/d/ca.crt is missing; /d/server.key is missing")
+
+
+def test_a_renewed_client_certificate_is_no_change_of_a_resource() -> None:
+    provider = HostProvider()
+    olds = {"scope": "s", "tls_client": {"cert_pem": "old"}}
+    assert provider.changed_keys(olds, {**olds, "tls_client": {"cert_pem": "new"}}) == []
