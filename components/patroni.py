@@ -92,12 +92,14 @@ class PatroniClusterComponent(pulumi.ComponentResource):
         # pgha:tls: the node's certificate files, on the host before Patroni starts with them.
         self.tls_files: dict[str, list[pulumi.Resource]] = {h.name: [] for h in cfg.with_role("patroni")}
         if tls is not None:
+            # One host after another: a renewal reloads one node's Patroni at a time.
+            previous: list[pulumi.Resource] = []
             for host in cfg.with_role("patroni"):
-                self.tls_files[host.name] = [
+                self.tls_files[host.name] = previous = [
                     tls.deliver(f"{cfg.scope}-patroni-tls-{host.name}", host, files, specs.connection(host),
                                 secrets.ssh_private_key,
-                                pulumi.ResourceOptions(parent=self, depends_on=[self.installs[host.name]]),
-                                extra={"pg_port": cfg.postgresql.port})
+                                pulumi.ResourceOptions(parent=self,
+                                                       depends_on=[self.installs[host.name], *previous]))
                     for files in tls_file_sets(cfg, host) if files.service == "patroni"]
         # A new cluster gets its leader (the first host) before any node's create begins;
         # an existing one is left alone (see providers/patroni_bootstrap.py).

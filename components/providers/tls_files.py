@@ -24,12 +24,12 @@ from components.providers.base import HostProvider, public
 from components.transport.ssh import Ssh, SshError, notify
 
 # What has the running service read changed files (only when it runs; a stopped one reads
-# them when it starts).
+# them when it starts). etcd reads them at every handshake; Patroni, on SIGHUP, sets up its
+# REST API again when its certificate changed and reloads PostgreSQL (Patroni 4's
+# reload_config(sighup=True)).
 RELOAD = {
     "etcd": "",
-    "patroni": ("if systemctl is-active -q patroni; then systemctl reload patroni; "
-                "runuser -u postgres -- psql -XAtq -h /var/run/postgresql -p {pg_port} -d postgres "
-                "-c 'SELECT pg_reload_conf()' >/dev/null 2>&1 || true; fi"),
+    "patroni": "if systemctl is-active -q patroni; then systemctl reload patroni; fi",
     "haproxy": "if systemctl is-active -q haproxy; then systemctl reload haproxy; fi",
 }
 
@@ -114,8 +114,7 @@ class TlsFilesProvider(HostProvider):
             changed = self._write(ssh, news)
             reload = RELOAD.get(news["service"], "")
             if changed and reload:
-                ssh.run(reload.format(pg_port=int(news.get("pg_port", 5432))),
-                        step=f"reload {news['service']} for its new certificate files")
+                ssh.run(reload, step=f"reload {news['service']} for its new certificate files")
                 notify(news["connection"]["host"], f"{news['service']}: certificate files replaced, reloaded")
         return UpdateResult(outs=self._outs(news))
 

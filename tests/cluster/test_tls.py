@@ -10,15 +10,22 @@ no plaintext private key and a second preview shows no change.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from components.providers.haproxy_config import backend_status
 from lab import Lab
@@ -35,6 +42,7 @@ class TlsStack:
     ca_file: Path
     client: tuple[str, str]  # a node's certificate and key, copied here for etcd's client auth
     password: str
+    config: dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterato
         cert.write_text(lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.crt").stdout)
         key.write_text(lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.key").stdout)
         key.chmod(0o600)
-        yield TlsStack(lab, project, ca_file, (str(cert), str(key)), outputs["superuserPassword"])
+        yield TlsStack(lab, project, ca_file, (str(cert), str(key)), outputs["superuserPassword"], config)
         project.run("destroy", "--yes", "--skip-preview", check=False)
     finally:
         Lab.down()
@@ -164,3 +172,64 @@ def test_haproxy_checks_over_https(stack: TlsStack) -> None:
         return len(up["pgha-lab_primary"]) == 1 and len(up["pgha-lab_replicas"]) == 2
 
     wait_until(servers_up, 30, "HAProxy's https checks: one primary and two replicas UP")
+
+
+def _fingerprint(pem: str) -> str:
+    return x509.load_pem_x509_certificate(pem.encode()).fingerprint(hashes.SHA256()).hex()
+
+
+def _served(stack: TlsStack, address: str, port: int) -> str:
+    """The SHA-256 fingerprint of the certificate a TLS port serves now."""
+    if port == 5432:  # PostgreSQL's own TLS negotiation
+        out = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect", f"{address}:{port}",
+                              "-CAfile", str(stack.ca_file)], input="", capture_output=True, text=True,
+                             timeout=20).stdout
+        pem = out[out.index("-----BEGIN CERTIFICATE-----"):out.index("-----END CERTIFICATE-----") + 25]
+        return _fingerprint(pem)
+    ctx = ssl.create_default_context(cafile=str(stack.ca_file))
+    ctx.load_cert_chain(*stack.client)
+    with socket.create_connection((address, port), timeout=5) as sock, \
+            ctx.wrap_socket(sock, server_hostname=address) as conn:
+        der = conn.getpeercert(binary_form=True)
+        assert der is not None
+        return hashlib.sha256(der).hexdigest()
+
+
+def _host_certs(stack: TlsStack) -> dict[tuple[str, int], str]:
+    certs = {}
+    for name, address in NODES.items():
+        etcd = stack.lab.ssh(name, "sudo cat /etc/etcd/pgha-tls/server.crt").stdout
+        node = stack.lab.ssh(name, "sudo cat /etc/patroni/tls/node.crt").stdout
+        certs.update({(address, 2379): _fingerprint(etcd), (address, 8008): _fingerprint(node),
+                      (address, 5432): _fingerprint(node)})
+    return certs
+
+
+def test_renewal_is_applied_host_by_host_without_a_restart(stack: TlsStack) -> None:
+    """Certificates due for renewal (pgha:tls.renewBeforeDays now beyond what is left) are issued
+    again, written on each host and read by the running services: etcd at its next handshake,
+    Patroni's REST API and PostgreSQL on a reload; nothing restarts, the cluster stays whole."""
+    before = _host_certs(stack)
+    assert all(_served(stack, a, p) == fp for (a, p), fp in before.items())
+    started = {n: requests.get(f"https://{a}:8008/patroni", verify=str(stack.ca_file), timeout=5).json()[
+        "postmaster_start_time"] for n, a in NODES.items()}
+    stack.config["tls"] = {"enabled": True, "validityDays": 400, "renewBeforeDays": 380}
+    stack.project.write_config(stack.config)
+    changes = stack.project.preview_changes()
+    replaced = {**changes.get("create-replacement", {}), **changes.get("replace", {})}
+    assert {"pgha-lab-tls-pg1-etcd", "pgha-lab-tls-pg2-patroni", "pgha-lab-tls-pgha-client"} <= set(replaced), \
+        changes
+    assert {"pgha-lab-patroni-tls-pg1", "pgha-lab-etcd-tls-pg3"} <= set(changes.get("update", {})), changes
+    assert not any(n.startswith("pgha-lab-node-") for n in changes.get("update", {})), changes
+    stack.project.run("up", "--yes", "--skip-preview")
+    after = _host_certs(stack)
+    assert all(after[k] != before[k] for k in before), "every host certificate renewed"
+    served = {k: wait_until(lambda k=k: _served(stack, *k) == after[k] or None, 30, f"{k} serves the new one")
+              for k in after}
+    assert all(served.values())
+    for name, address in NODES.items():
+        status = requests.get(f"https://{address}:8008/patroni", verify=str(stack.ca_file), timeout=5).json()
+        assert status["postmaster_start_time"] == started[name], (name, "PostgreSQL was restarted")
+    out = stack.lab.ssh("pg1", "sudo -u postgres patronictl -c /etc/patroni/patroni.yml list").stdout
+    assert out.count("streaming") == 2, out
+    assert stack.project.preview_changes() == {}
