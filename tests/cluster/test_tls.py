@@ -217,8 +217,8 @@ def test_renewal_is_applied_host_by_host_without_a_restart(stack: TlsStack) -> N
     stack.project.write_config(stack.config)
     changes = stack.project.preview_changes()
     replaced = {**changes.get("create-replacement", {}), **changes.get("replace", {})}
-    assert {"pgha-lab-tls-pg1-etcd", "pgha-lab-tls-pg2-patroni", "pgha-lab-tls-pgha-client"} <= set(replaced), \
-        changes
+    renewed = {"pgha-lab-tls-pg1-etcd", "pgha-lab-tls-pg2-patroni", "pgha-lab-tls-pgha-client"}
+    assert renewed <= set(replaced), changes
     assert {"pgha-lab-patroni-tls-pg1", "pgha-lab-etcd-tls-pg3"} <= set(changes.get("update", {})), changes
     assert not any(n.startswith("pgha-lab-node-") for n in changes.get("update", {})), changes
     stack.project.run("up", "--yes", "--skip-preview")
