@@ -161,11 +161,15 @@ class Backup(pulumi.ComponentResource):
             props["ssh_private_key"] = self.secrets.ssh_private_key
         return props
 
-    def add_stanza(self, after: list[pulumi.Resource]) -> BackupStanza:
-        """The stanza, its checks and timers, once the cluster runs with archive_mode on."""
+    def add_stanza(self, after: list[pulumi.Resource],
+                   tls_client: pulumi.Output[dict[str, str]] | None = None) -> BackupStanza:
+        """The stanza, its checks and timers, once the cluster runs with archive_mode on.
+        `tls_client`: pgha's client identity for its Patroni calls (pgha:tls)."""
+        client = {"tls_client": tls_client} if tls_client is not None else {}
         self.stanza = BackupStanza(
             f"{self.cfg.scope}-backup-stanza",
-            self._with_key({"connection": self.repo_connection, **specs.backup_stanza_spec(self.cfg)}),
+            self._with_key({"connection": self.repo_connection, **specs.backup_stanza_spec(self.cfg),
+                            **client}),
             pulumi.ResourceOptions(parent=self, depends_on=[*self.prerequisites, *after]))
         self.status = self.stanza.status
         self.register_outputs({"status": self.status})
