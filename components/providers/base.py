@@ -120,6 +120,9 @@ class HostProvider(ResourceProvider):
         return [k for k, want in self.OBSERVED.items() if k in olds and olds[k] != want]
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        refused = tls_switch_refused(olds, news)
+        if refused:
+            raise RuntimeError(refused)
         changed = self.changed_keys(olds, news)
         replaces = [k for k in changed if k in self.REPLACE_ON]
         if changed:
@@ -128,6 +131,23 @@ class HostProvider(ResourceProvider):
             return DiffResult(changes=None, replaces=replaces, delete_before_replace=bool(replaces))
         return DiffResult(changes=bool(self.drifted(olds, news)), replaces=[],
                           stables=[k for k in news if not k.startswith("__")], delete_before_replace=False)
+
+
+def tls_switch_refused(olds: dict[str, Any], news: dict[str, Any]) -> str:
+    """Why a deployed service cannot switch between plaintext and TLS in this `up` ('' when it is
+    no switch). Moving a running cluster (etcd peers, Patroni, PostgreSQL) one member at a time is
+    not implemented yet; applied in one step it would split etcd and stop the cluster."""
+    if "tls" not in olds and "tls" not in news:
+        return ""
+    if bool(olds.get("tls")) == bool(news.get("tls")):
+        return ""
+    where = (olds.get("connection") or {}).get("host") or olds.get("name") or "this host"
+    if news.get("tls"):
+        return (f"{where} runs in plaintext and pgha:tls is on (its default when pgha:tls is absent): "
+                "pgha cannot yet move a deployed cluster to TLS. Set pgha:tls.enabled: false to keep "
+                "it in plaintext; a new stack deploys with TLS from the start")
+    return (f"{where} runs with TLS and pgha:tls.enabled is false: pgha cannot yet move a deployed "
+            "cluster back to plaintext. Set pgha:tls.enabled: true")
 
 
 def public(props: dict[str, Any]) -> dict[str, Any]:
