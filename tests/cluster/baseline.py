@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 
@@ -27,7 +28,13 @@ def baseline_tree(dest: Path, commit: str) -> None:
 
 
 def install_today(project: Path) -> None:
-    """Today's program in place of the older one (the stack config stays)."""
+    """Today's program in place of the older one. The stack config stays, except that it says
+    pgha:tls is off (the older pgha deployed in plaintext; TLS is on by default today and a
+    deployed cluster does not move to it)."""
+    stack = project / "stacks" / "Pulumi.lab.yaml"
+    doc = yaml.safe_load(stack.read_text())
+    doc["config"].setdefault("pgha:tls", {"enabled": False})
+    stack.write_text(yaml.safe_dump(doc, sort_keys=False))
     for name in PROGRAM:
         target = project / name
         if target.is_dir():
