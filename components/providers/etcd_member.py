@@ -55,6 +55,26 @@ def _my_client(props: dict[str, Any]) -> str:
     return f"{_scheme(props)}://{props['address']}:{props['client_port']}"
 
 
+def served_members(props: dict[str, Any], peer: str) -> list[dict[str, Any]] | None:
+    """The member list the member at `peer` serves, or None if it does not answer.
+
+    In plaintext, its peer port answers at once even before a quorum formed (see
+    etcd_peer_members). With pgha:tls the peer port admits only etcd's peers (etcd checks that
+    a peer's client certificate names the address it connects from, which pgha's does not), so
+    pgha asks the member's client port, and only once it knows a leader (a status request is
+    answered locally, without waiting): a founding member without quorum counts as silent.
+    """
+    if not props.get("tls"):
+        return etcd_peer_members(peer)
+    gateway = EtcdGateway(_client_url(peer, props["client_port"]), timeout=(1.0, 3.0))
+    if not gateway.has_leader():
+        return None
+    try:
+        return gateway.members()
+    except RestError:
+        return None
+
+
 def _other_gateways(props: dict[str, Any]) -> list[EtcdGateway]:
     """Client gateways of the other configured members that may be serving.
 
@@ -68,7 +88,7 @@ def _other_gateways(props: dict[str, Any]) -> list[EtcdGateway]:
     for peer in props.get("bootstrap_cluster", {}).values():
         if peer == mine:
             continue
-        members = etcd_peer_members(peer)
+        members = served_members(props, peer)
         if members is None or not any(m.get("clientURLs") for m in members):
             continue
         gateways.append(EtcdGateway(_client_url(peer, props["client_port"])))
@@ -274,7 +294,7 @@ def peer_states(props: dict[str, Any]) -> dict[str, str]:
     for name, peer in sorted(props.get("bootstrap_cluster", {}).items()):
         if peer == mine:
             continue
-        members = etcd_peer_members(peer)
+        members = served_members(props, peer)
         if members is not None and _is_our_cluster(members, props):
             states[name] = PEER_NO_QUORUM
             continue
