@@ -154,7 +154,8 @@ def test_patroni_with_tls_settings(node: Node, member: Member) -> None:  # noqa:
                           str(node.config), "list"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "pg1" in out.stdout and "Leader" in out.stdout, out.stdout + out.stderr
     ssl_on = subprocess.run(["runuser", "-u", "postgres", "--", str(BIN / "psql"), "-XAt",
-                             "-h", str(node.work), "-p", str(_port_of(node)), "-d", "postgres", "-c", "SHOW ssl"],
+                             "-h", str(node.work), "-p", str(_port_of(node)), "-d", "postgres",
+                             "-c", "SHOW ssl"],
                             capture_output=True, text=True, timeout=30)
     assert ssl_on.stdout.strip() == "on", ssl_on.stdout + ssl_on.stderr
 
