@@ -167,6 +167,8 @@ def test_production_stack_violations(project: PolicyProject) -> None:
         "clientCidrs": ["10.30.0.0/16", "0.0.0.0/0"],
         "pgHba": ["hostssl all all ::/0 scram-sha-256"],
         "restartPolicy": "manual",
+        # Plaintext, so that the open client line is a `host` one beside pgHba's `hostssl`.
+        "tls": {"enabled": False},
     }, PASSWORDS)
     preview = project.preview(stack, PACK / "config" / "prod.json")
     assert preview.returncode != 0, preview.output[-6000:]
