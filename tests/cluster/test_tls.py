@@ -233,3 +233,18 @@ def test_renewal_is_applied_host_by_host_without_a_restart(stack: TlsStack) -> N
     out = stack.lab.ssh("pg1", "sudo -u postgres patronictl -c /etc/patroni/patroni.yml list").stdout
     assert out.count("streaming") == 2, out
     assert stack.project.preview_changes() == {}
+
+
+def test_a_key_file_changed_on_a_host_is_drift_repaired_by_up(stack: TlsStack) -> None:
+    """TlsFiles reads its files back on a refresh: a key left world-readable is drift, and the next
+    `up` writes it again (0600 postgres) and reloads that node's Patroni only."""
+    key = "/etc/patroni/tls/node.key"
+    stack.lab.ssh("pg2", f"sudo chmod 0644 {key}")
+    stack.project.run("refresh", "--run-program", "--yes")
+    changes = stack.project.preview_changes()
+    assert set(changes) == {"update"} and set(changes["update"]) == {"pgha-lab-patroni-tls-pg2"}, changes
+    stack.project.run("up", "--yes", "--skip-preview")
+    assert stack.lab.ssh("pg2", f"sudo stat -c '%a %U:%G' {key}").stdout.strip() == "600 postgres:postgres"
+    assert stack.project.preview_changes() == {}
+    out = stack.lab.ssh("pg2", "sudo -u postgres patronictl -c /etc/patroni/patroni.yml list").stdout
+    assert out.count("streaming") == 2, out
