@@ -248,3 +248,14 @@ def test_a_key_file_changed_on_a_host_is_drift_repaired_by_up(stack: TlsStack) -
     assert stack.project.preview_changes() == {}
     out = stack.lab.ssh("pg2", "sudo -u postgres patronictl -c /etc/patroni/patroni.yml list").stdout
     assert out.count("streaming") == 2, out
+
+
+def test_destroy_removes_the_certificate_files(stack: TlsStack) -> None:
+    """Last: destroy succeeds with TLS (pgha's calls with its client certificate from the state)
+    and removes the files after the services that read them."""
+    stack.project.run("destroy", "--yes", "--skip-preview")
+    for name in NODES:
+        out = stack.lab.ssh(name, "sudo ls -d /etc/etcd/pgha-tls /etc/patroni/tls 2>&1 || true").stdout
+        assert out.count("No such file or directory") == 2, (name, out)
+    out = stack.lab.ssh("pg4", "sudo ls /etc/haproxy/").stdout.split()
+    assert "pgha-ca.crt" not in out and "haproxy.cfg" in out, out
