@@ -13,10 +13,11 @@ position and segment and `pg_stat_archiver.last_archived_wal`. The arithmetic is
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from bench.recorder import BackgroundLoop, close_quietly
 
 # (seconds since the sampler started, current WAL position as a byte number,
 #  current segment name, last archived segment name or None)
@@ -106,9 +107,10 @@ SAMPLE_SQL = ("SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal
 
 
 @dataclass
-class ArchiveSampler:
+class ArchiveSampler(BackgroundLoop):
     """Samples the primary's WAL position and pg_stat_archiver in the background."""
 
+    thread_name: ClassVar[str] = "bench-archive"
     host: str
     port: int
     password: str
@@ -118,9 +120,6 @@ class ArchiveSampler:
     failed_count: tuple[int, int] | None = None  # archiver failures (first, last sample)
     # (t, WAL generated so far): pg_stat_wal.wal_bytes, without the padding of switched segments
     wal_bytes: list[tuple[float, int]] = field(default_factory=list)
-    _t0: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
     def _connect(self) -> Any:
         import psycopg
@@ -136,9 +135,6 @@ class ArchiveSampler:
             raise RuntimeError("no wal_segment_size in pg_settings")
         # PostgreSQL ≥ 11 reports it in bytes (unit B); older ones in 8 kB blocks.
         return int(row[0]) * (8192 if row[1] == "8kB" else 1)
-
-    def now(self) -> float:
-        return time.monotonic() - self._t0
 
     def _run(self) -> None:
         conn: Any = None
@@ -156,25 +152,9 @@ class ArchiveSampler:
                     self.wal_bytes.append((t, generated))
             except Exception:  # noqa: BLE001 - a missed sample only widens the bound
                 self.errors += 1
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:  # noqa: BLE001 - dropping it anyway
-                        pass
+                close_quietly(conn)
                 conn = None
             next_at = max(next_at + self.interval, time.monotonic())
             self._stop.wait(max(0.0, next_at - time.monotonic()))
         if conn is not None:
             conn.close()
-
-    def start(self) -> ArchiveSampler:
-        self._stop.clear()
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="bench-archive", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
