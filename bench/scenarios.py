@@ -480,6 +480,8 @@ def b6_restore(session: Session, result: Result) -> None:
     result["details"]["clone"] = {
         "host": CLONE_HOST, "up_s": up_s, "up_attempts": attempts, "then_writable_after_s": wait_s,
         "up_summary": resources_summary(proc.stdout), "pgbackrest_restore_ms": clone_restore_ms,
+        # What the clone costs beyond the bare restore: installs, etcd, the clone's own stanza.
+        "fixed_overhead_s": measured - floor["total_s"] if "total_s" in floor else None,
     }
     retried = f", {len(attempts)} runs of up (the first failed)" if len(attempts) > 1 else ""
     result["figures"].append(figure(
