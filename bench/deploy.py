@@ -84,9 +84,10 @@ NINE = Layout("9 nodes", 10, (("pg1", _EP), ("pg2", _EP), ("pg3", _EP),
 # pg5 and pg6 boot bare: B3 adds them to the stack one at a time.
 GROW = Layout("3 nodes + 2 bare hosts", 6, STANDARD.hosts, replication_from_lab_subnet=True)
 # B6 and B7: pg5 is the repository host (archiving from the first up, archive_timeout 10 s so
-# that B7 sees it bound the lag); pg6 boots bare for B6's floor, pg7 for its clone.
+# that B7 sees it bound the lag); pg6 boots bare for B6's floor, pg7 for its clone, pg8 for a
+# second clone (restored to a time) should the first one fail.
 ARCHIVE_TIMEOUT = "10s"
-BACKUP = Layout("3 nodes + repository host + 2 bare hosts", 7,
+BACKUP = Layout("3 nodes + repository host + 3 bare hosts", 8,
                 (*STANDARD.hosts, ("pg5", ("backup",))),
                 settings=(("backup", {"archiveTimeout": ARCHIVE_TIMEOUT, "processMax": 2}),))
 

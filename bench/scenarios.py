@@ -16,6 +16,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import requests
+
 from bench import floors
 from bench.archive import ArchiveSampler, lag_series, rate_since, segment_number, summarize_lag
 from bench.deploy import (
@@ -375,7 +377,9 @@ def b5_rolling_restart(session: Session, result: Result) -> None:
 
 RESTORE_SCALE = 30  # pgbench scale for B6: ~450 MB, the copy dominates, the run stays short
 CLONE_SCOPE = "pgha-bench-clone"
-FLOOR_HOST, CLONE_HOST = "pg6", "pg7"  # both boot bare in the BACKUP layout
+# All boot bare in the BACKUP layout: the floor's host, the clone's, and the host of a second
+# clone restored to a time, should the restore to `latest` fail.
+FLOOR_HOST, CLONE_HOST, TIME_CLONE_HOST = "pg6", "pg7", "pg8"
 
 
 def _repo_host(dep: Deployment) -> str:
@@ -402,6 +406,21 @@ def _full_backup(dep: Deployment) -> dict[str, Any]:
             "wal_start": backup["archive"]["start"], "wal_stop": backup["archive"]["stop"]}
 
 
+def _time_target(dep: Deployment) -> str:
+    """A recovery target time on the source, then a commit after it, archived (`pgbackrest
+    check` switches and archives the segment): a PITR needs WAL past its target."""
+    cfg = dep.model()
+    assert cfg.backup is not None
+    stamp = str(dep.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+                        "'YYYY-MM-DD HH24:MI:SS.US') || '+00'")[0][0])
+    time.sleep(1.0)
+    dep.sql("CREATE TABLE IF NOT EXISTS pgha_bench_after_target (at timestamptz DEFAULT now())")
+    dep.sql("INSERT INTO pgha_bench_after_target DEFAULT VALUES")
+    ssh_checked(dep.lab, _repo_host(dep), "cd / && sudo -u pgbackrest pgbackrest "
+                f"--stanza={cfg.backup.stanza} check", what="pgbackrest check")
+    return stamp
+
+
 def _writable(address: str, port: int, password: str) -> bool:
     import psycopg
 
@@ -412,10 +431,78 @@ def _writable(address: str, port: int, password: str) -> bool:
     return True
 
 
+def _clone_diagnosis(dep: Deployment, name: str, restapi_port: int, timeout: float = 120) -> dict[str, Any]:
+    """After a failed clone `up`: how long until Patroni's GET /config answers 200 (the DCS
+    holds the cluster's config once the bootstrap is over), what Patroni says, its journal."""
+    base = f"http://{host(name, [])['address']}:{restapi_port}"
+    started = time.monotonic()
+    config_ok: float | None = None
+    while time.monotonic() - started < timeout:
+        if request_ok(f"{base}/config"):
+            config_ok = time.monotonic() - started
+            break
+        time.sleep(0.5)
+    facts: dict[str, Any] = {"config_200_after_s": config_ok if config_ok is not None
+                             else f"not within {timeout:.0f} s"}
+    for path in ("patroni", "cluster"):
+        try:
+            facts[path] = requests.get(f"{base}/{path}", timeout=5).json()
+        except (requests.RequestException, ValueError) as err:
+            facts[path] = f"{type(err).__name__}: {err}"
+    facts["patroni_journal"] = dep.lab.ssh(
+        name, "sudo journalctl -u patroni --no-pager -o short-precise | tail -n 60", check=False
+    ).stdout.splitlines()
+    return facts
+
+
 def _up_errors(output: str) -> list[str]:
     """The `error:` lines of a failed `pulumi up` (Python tracebacks of the language host left out)."""
     found = [line.strip() for line in output.splitlines() if "error:" in line and "**" not in line]
     return list(dict.fromkeys(found))[:5]
+
+
+def _clone_up(session: Session, dep: Deployment, name: str, scope: str, target: Any,
+              record: dict[str, Any]) -> float:
+    """`pulumi up` of a 1-node clone stack on the bare host `name`, restoring the source stanza to
+    `target`, until its leader accepts a write: the seconds (a failed first `up` and a second
+    one included: what an operator would do). `record` gets the facts as they come."""
+    cfg = dep.model()
+    assert cfg.backup is not None
+    clone = ProjectCopy.with_stack(session.scratch(scope), "clone")
+    config = copy.deepcopy(clone.base_config)
+    config["scope"] = scope
+    config["hosts"] = [host(name, ["etcd", "patroni"]), host(_repo_host(dep), ["backup"])]
+    config["backup"] = copy.deepcopy(dep.config["backup"])
+    config["restore"] = {"fromStanza": cfg.backup.stanza, "target": target}
+    clone.write_config(config)
+    record.update(host=name, scope=scope, target=target, attempts=[])
+    log(f"B6: pulumi up of the clone on {name} (target {target})")
+    started = time.monotonic()
+    for attempt in (1, 2):
+        begun = time.monotonic()
+        proc = clone.run("up", "--yes", "--skip-preview", check=False)
+        record["attempts"].append({"seconds": time.monotonic() - begun, "exit": proc.returncode,
+                                   "errors": _up_errors(proc.stdout + proc.stderr),
+                                   "summary": resources_summary(proc.stdout)})
+        if proc.returncode == 0:
+            break
+        log(f"B6: the clone's pulumi up failed: {'; '.join(record['attempts'][-1]['errors'])[:300]}")
+        record["attempts"][-1]["diagnosis"] = _clone_diagnosis(dep, name, cfg.patroni.restapi_port)
+        if attempt == 2:
+            raise RuntimeError(f"the clone's pulumi up on {name} failed twice: "
+                               f"{record['attempts'][-1]['errors'][:2]}")
+        log(f"B6: running it again (GET /config answered 200 after "
+            f"{record['attempts'][-1]['diagnosis']['config_200_after_s']})")
+    record["up_s"] = time.monotonic() - started
+    password = clone.run("stack", "output", "superuserPassword", "--show-secrets").stdout.strip()
+    _, record["then_writable_after_s"] = timed(lambda: wait_until(
+        lambda: _writable(host(name, [])["address"], cfg.postgresql.port, password), timeout=300,
+        what=f"the clone's leader {name} accepting a write", interval=0.2))
+    restore_log = dep.lab.ssh(name, f"sudo cat /var/log/pgbackrest/{cfg.backup.stanza}-restore.log",
+                              check=False).stdout
+    record["pgbackrest_restore_ms"] = floors.command_end_ms(restore_log, "restore")
+    record["seconds"] = record["up_s"] + record["then_writable_after_s"]
+    return float(record["seconds"])
 
 
 @benchmark("B6", "Restore from the repository into a new cluster",
@@ -425,12 +512,10 @@ def _up_errors(output: str) -> list[str]:
            "on another bare host, plus starting PostgreSQL from it until it accepts a write. The data "
            f"is pgbench scale {RESTORE_SCALE}, backed up by the documented command. One node on each "
            "side: a clone's other nodes are replicas made after the restore, which the bare restore "
-           "has no counterpart for.")
+           "has no counterpart for. Should the clone to `latest` fail (its `up` twice), a clone restored "
+           "to a time just after the floor is measured instead, on a third bare host.")
 def b6_restore(session: Session, result: Result) -> None:
     dep = session.ensure(BACKUP)
-    cfg = dep.model()
-    assert cfg.backup is not None
-    stanza = cfg.backup.stanza
     log(f"B6: pgbench -i -s {RESTORE_SCALE}")
     dep.pgbench_init(RESTORE_SCALE)
     dep.sql("CHECKPOINT")
@@ -438,60 +523,38 @@ def b6_restore(session: Session, result: Result) -> None:
     log("B6: full backup (systemctl start pgha-backup-...-full)")
     backup = _full_backup(dep)
     result["details"]["backup"] = backup
-    log(f"B6: backup {backup['label']} ({backup['database_bytes'] / 1e6:.0f} MB) "
-        f"in {backup['seconds']:.1f} s")
+    size = f"{backup['database_bytes'] / 1e6:.0f} MB"
+    log(f"B6: backup {backup['label']} ({size}) in {backup['seconds']:.1f} s")
 
     log(f"B6 floor: bare pgbackrest restore + start on {FLOOR_HOST}")
     floor = floors.restore_floor(dep, FLOOR_HOST, _repo_host(dep), backup["label"])
     result["details"]["floor"] = floor
     log(f"B6 floor: {floor.get('total_s', 0):.1f} s (restore {floor.get('restore_s', 0):.1f} s)")
 
-    clone = ProjectCopy.with_stack(session.scratch("clone"), "clone")
-    config = copy.deepcopy(clone.base_config)
-    config["scope"] = CLONE_SCOPE
-    config["hosts"] = [host(CLONE_HOST, ["etcd", "patroni"]), host(_repo_host(dep), ["backup"])]
-    config["backup"] = copy.deepcopy(dep.config["backup"])
-    config["restore"] = {"fromStanza": stanza, "target": "latest"}
-    clone.write_config(config)
-    log(f"B6: pulumi up of the clone on {CLONE_HOST}")
-    started = time.monotonic()
-    proc = clone.run("up", "--yes", "--skip-preview", check=False)
-    attempts = [{"seconds": time.monotonic() - started, "exit": proc.returncode,
-                 "errors": _up_errors(proc.stdout + proc.stderr)}]
-    if proc.returncode != 0:
-        # Counted in the figure: what an operator would do (run `up` again) is part of the cost.
-        log(f"B6: the clone's pulumi up failed ({'; '.join(attempts[0]['errors'])[:300]}); running it again")
-        attempts[0]["patroni_journal"] = dep.lab.ssh(
-            CLONE_HOST, "sudo journalctl -u patroni --no-pager -o short-precise | tail -n 30",
-            check=False).stdout.splitlines()
-        proc = clone.run("up", "--yes", "--skip-preview")
-        attempts.append({"seconds": time.monotonic() - started - attempts[0]["seconds"], "exit": 0,
-                         "errors": []})
-    up_s = time.monotonic() - started
-    password = clone.run("stack", "output", "superuserPassword", "--show-secrets").stdout.strip()
-    address = host(CLONE_HOST, [])["address"]
-    _, wait_s = timed(lambda: wait_until(
-        lambda: _writable(address, cfg.postgresql.port, password), timeout=300,
-        what=f"the clone's leader {CLONE_HOST} accepting a write", interval=0.2))
-    measured = up_s + wait_s
-    restore_log = dep.lab.ssh(CLONE_HOST, f"sudo cat /var/log/pgbackrest/{stanza}-restore.log",
-                              check=False).stdout
-    clone_restore_ms = floors.command_end_ms(restore_log, "restore")
-    result["details"]["clone"] = {
-        "host": CLONE_HOST, "up_s": up_s, "up_attempts": attempts, "then_writable_after_s": wait_s,
-        "up_summary": resources_summary(proc.stdout), "pgbackrest_restore_ms": clone_restore_ms,
-        # What the clone costs beyond the bare restore: installs, etcd, the clone's own stanza.
-        "fixed_overhead_s": measured - floor["total_s"] if "total_s" in floor else None,
-    }
-    retried = f", {len(attempts)} runs of up (the first failed)" if len(attempts) > 1 else ""
+    clone: dict[str, Any] = {}
+    result["details"]["clone"] = clone
+    try:
+        measured = _clone_up(session, dep, CLONE_HOST, CLONE_SCOPE, "latest", clone)
+        label = "latest"
+    except RuntimeError as err:
+        clone["error"] = str(err)
+        log(f"B6: {err}; a clone restored to a time instead, on {TIME_CLONE_HOST}")
+        stamp = _time_target(dep)
+        clone = {}
+        result["details"]["time_clone"] = clone
+        measured = _clone_up(session, dep, TIME_CLONE_HOST, f"{CLONE_SCOPE}-time", {"time": stamp}, clone)
+        label = "a time just after the floor (target latest failed, see details)"
+    # What the clone costs beyond the bare restore: installs, etcd, the clone's own stanza.
+    clone["fixed_overhead_s"] = measured - floor["total_s"] if "total_s" in floor else None
+    retried = ", its first `up` failed and ran again" if len(clone["attempts"]) > 1 else ""
     result["figures"].append(figure(
-        f"restore into a new cluster: pulumi up of a 1-node clone, pgbench scale {RESTORE_SCALE} "
-        f"({backup['database_bytes'] / 1e6:.0f} MB){retried}", measured, floor.get("total_s"),
+        f"restore into a new 1-node cluster (pulumi up of a clone to {label}), pgbench scale "
+        f"{RESTORE_SCALE} ({size}){retried}", measured, floor.get("total_s"),
         f"bare pgbackrest restore of the same set + pg_ctl start until writable, on {FLOOR_HOST}"))
-    if clone_restore_ms is not None and floor.get("pgbackrest_restore_ms"):
+    if clone.get("pgbackrest_restore_ms") and floor.get("pgbackrest_restore_ms"):
         result["figures"].append(figure(
             "the pgbackrest restore inside the clone's bootstrap (pgBackRest's own duration)",
-            clone_restore_ms / 1000, floor["pgbackrest_restore_ms"] / 1000,
+            clone["pgbackrest_restore_ms"] / 1000, floor["pgbackrest_restore_ms"] / 1000,
             "the bare restore's (pgBackRest's own duration, same set)"))
 
 

@@ -173,7 +173,7 @@ def test_backup_layout_has_a_repository_host_and_a_short_archive_timeout() -> No
     model = cluster_config(config)
     assert [h.name for h in model.with_role("backup")] == ["pg5"]
     assert model.backup is not None and model.backup.archive_timeout == "10s"
-    assert BACKUP.lab_hosts == 7  # pg6, pg7 boot bare: the floor's host and the clone's
+    assert BACKUP.lab_hosts == 8  # pg6, pg7, pg8 boot bare: the floor, the clone, a second clone
     assert {h.name for h in model.hosts} == {"pg1", "pg2", "pg3", "pg4", "pg5"}
 
 
