@@ -465,7 +465,8 @@ def _clone_up(session: Session, dep: Deployment, name: str, scope: str, target: 
               record: dict[str, Any]) -> float:
     """`pulumi up` of a 1-node clone stack on the bare host `name`, restoring the source stanza to
     `target`, until its leader accepts a write: the seconds (a failed first `up` and a second
-    one included: what an operator would do). `record` gets the facts as they come."""
+    one included, what an operator would do; the diagnosis in between left out). `record` gets
+    the facts as they come."""
     cfg = dep.model()
     assert cfg.backup is not None
     clone = ProjectCopy.with_stack(session.scratch(scope), "clone")
@@ -493,7 +494,9 @@ def _clone_up(session: Session, dep: Deployment, name: str, scope: str, target: 
                                f"{record['attempts'][-1]['errors'][:2]}")
         log(f"B6: running it again (GET /config answered 200 after "
             f"{record['attempts'][-1]['diagnosis']['config_200_after_s']})")
-    record["up_s"] = time.monotonic() - started
+    # The `up` runs only: the diagnosis between two of them is the bench's, not an operator's.
+    record["up_s"] = sum(a["seconds"] for a in record["attempts"])
+    record["wall_s"] = time.monotonic() - started
     password = clone.run("stack", "output", "superuserPassword", "--show-secrets").stdout.strip()
     _, record["then_writable_after_s"] = timed(lambda: wait_until(
         lambda: _writable(host(name, [])["address"], cfg.postgresql.port, password), timeout=300,
@@ -546,7 +549,7 @@ def b6_restore(session: Session, result: Result) -> None:
         label = "a time just after the floor (target latest failed, see details)"
     # What the clone costs beyond the bare restore: installs, etcd, the clone's own stanza.
     clone["fixed_overhead_s"] = measured - floor["total_s"] if "total_s" in floor else None
-    retried = ", its first `up` failed and ran again" if len(clone["attempts"]) > 1 else ""
+    retried = ", its first `up` failed and ran again (both counted)" if len(clone["attempts"]) > 1 else ""
     result["figures"].append(figure(
         f"restore into a new 1-node cluster (pulumi up of a clone to {label}), pgbench scale "
         f"{RESTORE_SCALE} ({size}){retried}", measured, floor.get("total_s"),
