@@ -46,7 +46,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
 LATEST = "pgha-latest"  # the second clone's scope and stanza
 DATA = f"/var/lib/postgresql/15/{STANZA}"
 SEGMENT = 16 * 1024 * 1024
-WAL_NAME = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?-[0-9a-f]{40}")
+# <timeline><log><segment>[.partial]-<sha1>[.gz|.zst|...]: a WAL file in a pgBackRest archive.
+WAL_NAME = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?-[0-9a-f]{40}(\.[a-z0-9]+)?")
 
 
 def segment_number(name: str) -> int:
@@ -165,6 +166,10 @@ def test_full_backup_then_the_leader_crashes(cr: Backups) -> None:
                      timeout=900)
     assert out.returncode == 0, out.stderr
     cr.timed("differential backup after the crash", started)
+    journal = cr.lab.ssh(REPO, f"sudo journalctl -u pgha-backup-{STANZA}-diff --no-pager -o cat",
+                         check=False).stdout
+    print("  " + "\n  ".join(line.strip() for line in journal.splitlines()
+                             if " WARN: " in line or "standby" in line))
     diff = [b for b in cr.info()["backup"] if b["type"] == "diff"]
     assert len(diff) == 1 and diff[0]["archive"]["start"].startswith(f"{new_tl:08X}"), diff
     assert diff[0]["prior"] == full[0]["label"], diff
