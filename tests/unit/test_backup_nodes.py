@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 
 from components import specs
@@ -18,6 +19,7 @@ from components.providers.backup_hosts import node_conf, repo_secrets_conf, shar
 from components.providers.backup_stanza import backup_script
 from components.validation import ConfigError
 from tests.unit.configs import base_raw, base_secret_keys, lab_raw
+from tests.unit.test_install_component import Recorder, _is_secret, _lab, _program
 
 SHARED = "/mnt/pgbackrest"
 PASSPHRASE = "cipher-Pw_6 with spaces"
@@ -216,3 +218,40 @@ def test_a_shared_path_the_user_cannot_write_is_refused() -> None:
     why = shared_path_problem(SHARED, "postgres", "pg1", "tok", seen)
     assert why is not None and "is not shared storage: postgres cannot write there on pg3 (" in why
     assert "not visible" not in why
+
+
+# --- the component as the engine sees it (Pulumi mocks) ------------------------------------
+
+
+@pytest.fixture()
+def mocks() -> Recorder:
+    recorder = Recorder()
+    pulumi.runtime.set_mocks(recorder, preview=False)
+    return recorder
+
+
+@pulumi.runtime.test
+def test_the_nodes_layout_registers_no_identity(mocks: Recorder, tmp_path: Path) -> Any:
+    recorder = mocks
+    raw = _lab(tmp_path)
+    raw["backup"] = {"repoPath": "/srv/pgha-shared/pgbackrest"}
+    cluster = _program(raw)
+
+    def check(_: Any) -> None:
+        kinds = {r.name: r.typ.rsplit(":", 1)[-1] for r in recorder.resources if "backup" in r.name}
+        assert kinds == {"pgha-lab-backup": "Backup", "pgha-lab-backup-repository": "BackupRepository",
+                         "pgha-lab-backup-node-pg1": "BackupNode", "pgha-lab-backup-node-pg2": "BackupNode",
+                         "pgha-lab-backup-node-pg3": "BackupNode", "pgha-lab-backup-stanza": "BackupStanza",
+                         "pgha-lab-backup-cipher-password": "GeneratedPassword"}, kinds
+        repo = recorder.named("pgha-lab-backup-repository")["pgha-lab-backup-repository"].inputs
+        assert repo["layout"] == "nodes" and repo["connection"]["host"] == "10.77.0.11"
+        assert "secrets" not in repo
+        for name in ("pg1", "pg2", "pg3"):
+            node = recorder.named(f"pgha-lab-backup-node-{name}")[f"pgha-lab-backup-node-{name}"].inputs
+            assert _is_secret(node["secrets"]), node["secrets"]
+            assert "repo_key" not in node and node["repo_path"] == "/srv/pgha-shared/pgbackrest"
+        stanza = recorder.named("pgha-lab-backup-stanza")["pgha-lab-backup-stanza"].inputs
+        assert stanza["layout"] == "nodes" and stanza["repo_user"] == "postgres"
+
+    assert cluster.backup is not None and cluster.backup.stanza is not None
+    return cluster.backup.stanza.id.apply(check)
