@@ -9,8 +9,8 @@ Patroni archives anything. Then, under a write load through HAProxy: archiving f
 `up` (`pgbackrest check`), a full backup by the documented command on the leader, the same
 unit on a replica skipping, a switchover, the new leader archiving and its timer's service
 taking a differential backup while the old leader's skips, `pgbackrest verify` clean and no
-WAL gap across both timelines; destroy removing the timers on every node and keeping the
-backups.
+WAL gap across both timelines; the shared mount lost on a replica seen by `refresh` and
+refused by `up`; destroy removing the timers on every node and keeping the backups.
 """
 
 from __future__ import annotations
@@ -203,8 +203,9 @@ def test_backups_follow_the_leader_across_a_switchover(nb: NodeBackups) -> None:
     # The same unit on a replica (as its timer would start it): a clear line, exit 0, no backup.
     code, journal = nb.run_unit(replicas[0], "diff")
     assert code == 0, journal
-    assert f"{replicas[0]} is not the leader" in journal and "backup command begin" not in journal, journal
-    print(f"  {replicas[0]}: {journal.strip().splitlines()[0]}")
+    skipped = [line for line in journal.splitlines() if f"{replicas[0]} is not the leader" in line]
+    assert skipped and "backup command begin" not in journal, journal
+    print(f"  {replicas[0]}: {skipped[0].strip()}")
     assert len(nb.info()["backup"]) == 1
 
     target = next(n for n, m in members("10.77.0.11").items() if m["role"] != "leader"
@@ -252,6 +253,30 @@ def test_backups_follow_the_leader_across_a_switchover(nb: NodeBackups) -> None:
     status = nb.outputs()["backup"]
     assert status["last_full"]["label"].endswith("F") and status["last_diff"]["label"].endswith("D"), status
     assert status["archive"]["healthy"] is True and status["archive"]["leader"] == target, status
+    assert nb.project.preview_changes() == {}
+
+
+def test_a_node_losing_the_shared_mount_is_drift(nb: NodeBackups) -> None:
+    """The shared storage unmounted on a replica: `refresh` records it on the repository
+    resource, `up` stops naming the node, and with the mount back `up` passes again."""
+    replica = next(n for n in NODES if n != nb.leader())
+    nb.lab.ssh(replica, "sudo umount /srv/pgha-shared", check=True)
+    started = time.monotonic()
+    nb.project.run("refresh", "--run-program", "--yes")
+    nb.timed(f"pulumi refresh ({replica} without the shared mount)", started)
+    assert nb.project.preview_changes() == {"update": {"pgha-lab-backup-repository": []}}
+    failed = nb.project.run("up", "--yes", "--skip-preview", check=False)
+    text = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert f"is not shared storage: a marker written there by postgres on pg1 is not visible on {replica}." \
+        in text, text[-3000:]
+    nb.lab.crash(replica)  # the lab binds the shared directory again when the host starts
+    nb.lab.start(replica)
+    wait_until(lambda: members("10.77.0.11")[replica]["state"] == "streaming", timeout=120,
+               what=f"{replica} streaming again")
+    started = time.monotonic()
+    nb.project.run("up", "--yes", "--skip-preview")
+    nb.timed("pulumi up with the mount back", started)
     assert nb.project.preview_changes() == {}
 
 
