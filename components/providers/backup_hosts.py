@@ -246,17 +246,21 @@ def shared_path_problem(repo_path: str, user: str, writer: str, token: str,
             readonly.append(name)
     if not missing and not readonly:
         return None
-    every = ", ".join(sorted([writer, *seen]))
     why = []
     if missing:
         why.append(f"a marker written there by {user} on {writer} is not visible on {', '.join(missing)}")
     if readonly:
         why.append(f"{user} cannot write there on {', '.join(readonly)} (the same uid on every node?)")
-    return (f"pgha:backup.repoPath {repo_path} is not shared storage: {'; '.join(why)}. With no host "
-            f"in the backup role, the repository must be one directory on shared storage (NFS or similar) "
-            f"mounted at this same path on every Patroni node ({every}), writable by {user}: otherwise, "
-            f"after a failover, the new primary archives into a repository without the backups. Mount it "
-            f"there (`findmnt {repo_path}` on each node), or give one host the backup role.")
+    return (f"pgha:backup.repoPath {repo_path} is not shared storage: {'; '.join(why)}. "
+            + _shared_rule(repo_path, user, [writer, *seen]))
+
+
+def _shared_rule(repo_path: str, user: str, nodes: list[str]) -> str:
+    return (f"With no host in the backup role, the repository must be one directory on shared storage "
+            f"(NFS or similar) mounted at this same path on every Patroni node ({', '.join(sorted(nodes))}), "
+            f"writable by {user}: otherwise, after a failover, the new primary archives into a repository "
+            f"without the backups. Mount it there (`findmnt {repo_path}` on each node), or give one host "
+            "the backup role.")
 
 
 def check_shared_path(props: dict[str, Any]) -> None:
@@ -280,9 +284,9 @@ def check_shared_path(props: dict[str, Any]) -> None:
                        check=False)
         if made.code != 0:
             raise SshError(nodes[writer]["host"], step,
-                           f"pgha:backup.repoPath {path}: {user} cannot create or write it on {writer} "
-                           f"({(made.stderr or made.stdout).strip()[-300:]}); mount the shared storage "
-                           f"there, writable by {user}")
+                           f"pgha:backup.repoPath {path} is not usable on {writer}: {user} cannot create or "
+                           f"write it ({(made.stderr or made.stdout).strip()[-300:]}). "
+                           + _shared_rule(path, user, names))
     seen: dict[str, str] = {}
     try:
         for name in names[1:]:

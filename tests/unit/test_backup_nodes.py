@@ -17,6 +17,7 @@ from components import specs
 from components.config import ClusterConfig, load_cluster_config
 from components.providers.backup_hosts import node_conf, repo_secrets_conf, shared_marker, shared_path_problem
 from components.providers.backup_stanza import backup_script
+from components.transport.ssh import Result
 from components.validation import ConfigError
 from tests.unit.configs import base_raw, base_secret_keys, lab_raw
 from tests.unit.test_install_component import Recorder, _is_secret, _lab, _program
@@ -217,6 +218,7 @@ def test_a_shared_path_the_user_cannot_write_is_refused() -> None:
     seen = {"pg2": "tok\nWRITABLE", "pg3": "tok\nREADONLY"}
     why = shared_path_problem(SHARED, "postgres", "pg1", "tok", seen)
     assert why is not None and "is not shared storage: postgres cannot write there on pg3 (" in why
+    assert "every Patroni node (pg1, pg2, pg3)" in why
     assert "not visible" not in why
 
 
@@ -255,3 +257,32 @@ def test_the_nodes_layout_registers_no_identity(mocks: Recorder, tmp_path: Path)
 
     assert cluster.backup is not None and cluster.backup.stanza is not None
     return cluster.backup.stanza.id.apply(check)
+
+
+def test_the_writing_node_without_the_mount_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first node writes the marker; when it cannot even create repoPath (the mount point
+    alone, owned by root), the message names it and the rule, as for any other node."""
+    from components.providers import backup_hosts
+
+    class Refusing:
+        def __init__(self, *_: Any, **__: Any) -> None:
+            pass
+
+        def __enter__(self) -> Refusing:
+            return self
+
+        def __exit__(self, *_: Any) -> None:
+            return None
+
+        def run(self, *_: Any, **__: Any) -> Any:
+            return Result(1, "", "mkdir: cannot create directory: Permission denied")
+
+    props = specs.backup_repository_spec(nodes_cfg())
+    monkeypatch.setattr(backup_hosts, "Ssh", Refusing)
+    with pytest.raises(backup_hosts.SshError) as err:
+        backup_hosts.check_shared_path(props)
+    assert str(err.value).startswith(f"10.77.0.11: check pgha:backup.repoPath (shared storage): "
+                                     f"pgha:backup.repoPath {SHARED} is not usable on pg1: postgres cannot "
+                                     "create or write it (mkdir: cannot create directory: Permission "
+                                     "denied). With no host in the backup role")
+
