@@ -9,8 +9,9 @@ Patroni archives anything. Then, under a write load through HAProxy: archiving f
 `up` (`pgbackrest check`), a full backup by the documented command on the leader, the same
 unit on a replica skipping, a switchover, the new leader archiving and its timer's service
 taking a differential backup while the old leader's skips, `pgbackrest verify` clean and no
-WAL gap across both timelines; the shared mount lost on a replica seen by `refresh` and
-refused by `up`; destroy removing the timers on every node and keeping the backups.
+WAL gap across both timelines; a replica re-initialised from the repository; the shared
+mount lost on a replica seen by `refresh` and refused by `up`; destroy removing the timers on
+every node and keeping the backups.
 """
 
 from __future__ import annotations
@@ -254,6 +255,24 @@ def test_backups_follow_the_leader_across_a_switchover(nb: NodeBackups) -> None:
     assert status["last_full"]["label"].endswith("F") and status["last_diff"]["label"].endswith("D"), status
     assert status["archive"]["healthy"] is True and status["archive"]["leader"] == target, status
     assert nb.project.preview_changes() == {}
+
+
+def test_a_replica_is_made_from_the_shared_repository(nb: NodeBackups) -> None:
+    """create_replica_methods: a replica re-initialised by Patroni restores the latest backup
+    from the shared repository (pgBackRest, then the archived WAL) and streams again."""
+    replica = next(n for n in ("pg3", "pg2") if n != nb.leader())
+    since = nb.lab.ssh(replica, "date '+%Y-%m-%d %H:%M:%S'", check=True).stdout.strip()
+    started = time.monotonic()
+    nb.lab.ssh(replica, f"sudo patronictl -c /etc/patroni/patroni.yml reinit {STANZA} {replica} --force",
+               check=True, timeout=120)
+    wait_until(lambda: members("10.77.0.11")[replica]["state"] == "streaming", timeout=180,
+               what=f"{replica} streaming after its reinit")
+    nb.timed(f"{replica} re-initialised from the repository (patronictl reinit)", started)
+    journal = nb.lab.ssh(replica, f"sudo journalctl -u patroni --since '{since}' --no-pager -o cat",
+                         check=False).stdout
+    made = [line for line in journal.splitlines() if "replica has been created using pgbackrest" in line]
+    assert made, journal[-3000:]
+    print(f"  {made[0].strip()}")
 
 
 def test_a_node_losing_the_shared_mount_is_drift(nb: NodeBackups) -> None:
