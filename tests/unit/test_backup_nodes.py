@@ -286,3 +286,18 @@ def test_the_writing_node_without_the_mount_is_refused_by_name(monkeypatch: pyte
                                      "create or write it (mkdir: cannot create directory: Permission "
                                      "denied). With no host in the backup role")
 
+
+
+def test_the_review_describes_the_nodes_layout() -> None:
+    """What a reviewer reads for the created resources, from the planned inputs."""
+    from review.preview import Step
+    from review.resources import describe
+
+    cfg = nodes_cfg()
+    repo = Step(op="create", urn="urn:x::pgha-lab-backup-repository", kind="BackupRepository",
+                name="pgha-lab-backup-repository", new_inputs=specs.backup_repository_spec(cfg))
+    pg2 = cfg.with_role("patroni")[1]
+    node = Step(op="create", urn="urn:x::pgha-lab-backup-node-pg2", kind="BackupNode",
+                name="pgha-lab-backup-node-pg2", new_inputs=specs.backup_node_spec(cfg, pg2))
+    assert describe(repo) == f"stanza pgha-lab in {SHARED}, shared storage on pg1, pg2, pg3 (checked)"
+    assert describe(node) == f"archive_command to {SHARED} (shared), aes-256-cbc, keeps 2 full backups"
