@@ -265,13 +265,19 @@ def test_a_replica_is_made_from_the_shared_repository(nb: NodeBackups) -> None:
     started = time.monotonic()
     nb.lab.ssh(replica, f"sudo patronictl -c /etc/patroni/patroni.yml reinit {STANZA} {replica} --force",
                check=True, timeout=120)
-    wait_until(lambda: members("10.77.0.11")[replica]["state"] == "streaming", timeout=180,
-               what=f"{replica} streaming after its reinit")
+
+    def journal() -> str:
+        return nb.lab.ssh(replica, f"sudo journalctl -u patroni --since '{since}' --no-pager -o cat",
+                          check=False).stdout
+
+    # The reinit is asynchronous: the member streams again only after Patroni recreated it.
+    wait_until(lambda: "replica has been created" in journal()
+               and members("10.77.0.11")[replica]["state"] == "streaming", timeout=180,
+               what=f"{replica} recreated by Patroni and streaming again")
     nb.timed(f"{replica} re-initialised from the repository (patronictl reinit)", started)
-    journal = nb.lab.ssh(replica, f"sudo journalctl -u patroni --since '{since}' --no-pager -o cat",
-                         check=False).stdout
-    made = [line for line in journal.splitlines() if "replica has been created using pgbackrest" in line]
-    assert made, journal[-3000:]
+    text = journal()
+    made = [line for line in text.splitlines() if "replica has been created using pgbackrest" in line]
+    assert made, text[-3000:]
     print(f"  {made[0].strip()}")
 
 
