@@ -63,10 +63,13 @@ class Layout:
     hosts: tuple[tuple[str, tuple[str, ...]], ...]
     # Lets a bare host pg_basebackup from the leader before it joins (B3's floor); lab only.
     replication_from_lab_subnet: bool = False
+    # Top-level stack settings (without `pgha:`) on top of the lab's, e.g. ("backup", {...}).
+    settings: tuple[tuple[str, Any], ...] = ()
 
     def config(self, base: dict[str, Any]) -> dict[str, Any]:
         config = copy.deepcopy(base)
         config["hosts"] = [host(name, list(roles)) for name, roles in self.hosts]
+        config.update(copy.deepcopy(dict(self.settings)))
         if self.replication_from_lab_subnet:
             user = cluster_config(config).postgresql.replication_user
             config["pgHba"] = [*config.get("pgHba", []),
@@ -81,6 +84,13 @@ NINE = Layout("9 nodes", 10, (("pg1", _EP), ("pg2", _EP), ("pg3", _EP),
                               ("pg10", ("haproxy",))))
 # pg5 and pg6 boot bare: B3 adds them to the stack one at a time.
 GROW = Layout("3 nodes + 2 bare hosts", 6, STANDARD.hosts, replication_from_lab_subnet=True)
+# B6 and B7: pg5 is the repository host (archiving from the first up, archive_timeout 10 s so
+# that B7 sees it bound the lag); pg6 boots bare for B6's floor, pg7 for its clone, pg8 for a
+# second clone (restored to a time) should the first one fail.
+ARCHIVE_TIMEOUT = "10s"
+BACKUP = Layout("3 nodes + repository host + 3 bare hosts", 8,
+                (*STANDARD.hosts, ("pg5", ("backup",))),
+                settings=(("backup", {"archiveTimeout": ARCHIVE_TIMEOUT, "processMax": 2}),))
 
 
 def run_checked(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 1800,
@@ -256,6 +266,34 @@ class Deployment:
                     f"-h /var/run/postgresql -p {pg.port} postgres", timeout=3600,
                     what=f"pgbench -i -s {scale}")
         return f"on {leader} (no pgbench on the build machine)"
+
+    def pgbench_run(self, clients: int, seconds: int, script: str | None = None,
+                    rate: int | None = None) -> str:
+        """`pgbench -c clients -T seconds` through HAProxy (the default TPC-B-like script, or
+        `script`'s SQL; `rate`: transactions per second in all, -R) and its output, from the
+        build machine, else on the leader. The default script needs pgbench_init's tables."""
+        address, port = self.haproxy()
+        args = [f"-c{clients}", f"-j{min(clients, 4)}", f"-T{seconds}", "-n",
+                *([f"-R{rate}"] if rate else [])]
+        if shutil.which("pgbench"):
+            env = {**os.environ, "PGPASSWORD": self.superuser_password()}
+            with tempfile.NamedTemporaryFile("w", suffix=".sql") as sql:
+                sql.write(script or "")
+                sql.flush()
+                return run_checked(["pgbench", *args, *(["-f", sql.name] if script else []), "-h", address,
+                                    "-p", str(port), "-U", "postgres", "postgres"], env=env,
+                                   timeout=seconds + 600, what="pgbench").stdout
+        leader = self.leader()
+        if leader is None:
+            raise RuntimeError("no leader to run pgbench on")
+        pg = self.model().postgresql
+        path = "/tmp/pgha-bench-script.sql"
+        if script:
+            ssh_checked(self.lab, leader, f"cat > {path} && chmod 644 {path}", input=script,
+                        what="pgbench script")
+        return ssh_checked(self.lab, leader, f"cd /tmp && sudo -u postgres {pg.bin_dir}/pgbench "
+                           f"{' '.join(args)} {f'-f {path} ' if script else ''}-h /var/run/postgresql "
+                           f"-p {pg.port} postgres", timeout=seconds + 600, what="pgbench").stdout
 
 
 class Session:

@@ -14,6 +14,7 @@ The shell text is built by pure functions so that it can be read (and checked) o
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from collections.abc import Callable, Sequence
@@ -270,3 +271,163 @@ def manual_restarts(dep: Deployment, timeout: float = 300) -> dict[str, Any]:
 
     _, seconds = timed(restart_all)
     return {"seconds": seconds, "order": order}
+
+
+# -- B6 ------------------------------------------------------------------------------------
+
+RESTORE_SCRATCH = "/var/tmp/pgha-bench-restore"
+RESTORE_KEY_TAG = "pgha-bench-restore-floor"
+
+
+def restore_floor_conf(repo_address: str, repo_user: str, stanza: str, process_max: int,
+                       scratch: str = RESTORE_SCRATCH) -> str:
+    """A minimal pgbackrest.conf for a bare host: the repository host over SSH (a wrapper that
+    uses a scratch key), logs and locks in the scratch directory, the data directory there."""
+    return "\n".join([
+        "[global]",
+        f"repo1-host={repo_address}",
+        f"repo1-host-user={repo_user}",
+        f"cmd-ssh={scratch}/ssh/ssh",
+        f"log-path={scratch}/log",
+        f"lock-path={scratch}/lock",
+        "log-level-console=warn",
+        "log-level-file=info",
+        f"process-max={process_max}",
+        "",
+        f"[{stanza}]",
+        f"pg1-path={scratch}/data",
+        "",
+    ])
+
+
+def restore_ssh_wrapper(scratch: str = RESTORE_SCRATCH) -> str:
+    """The SSH client pgBackRest runs (cmd-ssh): the scratch key and known_hosts, nothing else."""
+    return ("#!/bin/sh\n"
+            f"exec ssh -i {scratch}/ssh/id -o IdentitiesOnly=yes "
+            f"-o UserKnownHostsFile={scratch}/ssh/known_hosts "
+            "-o StrictHostKeyChecking=yes -o BatchMode=yes \"$@\"\n")
+
+
+def restore_setup_script(scratch: str = RESTORE_SCRATCH) -> str:
+    """Scratch directories and a fresh key for postgres on the floor host; prints the public key."""
+    dirs = " ".join(f"{scratch}/{d}" for d in ("ssh", "log", "lock", "data"))
+    return (f"{scratch_dir_script(scratch)} && sudo install -d -o postgres -g postgres -m 0700 {dirs} && "
+            + as_postgres(f"ssh-keygen -q -t ed25519 -N '' -C {RESTORE_KEY_TAG} -f {scratch}/ssh/id && "
+                          f"cat {scratch}/ssh/id.pub"))
+
+
+def write_as_postgres(path: str, mode: str = "0600") -> str:
+    """Write stdin to path, owned by postgres."""
+    return as_postgres(f"umask 077 && cat > {path} && chmod {mode} {path}")
+
+
+def trust_key_script(home: str, public_key: str) -> str:
+    """On the repository host: the floor's key in the repository user's authorized_keys, tagged."""
+    line = f"restrict {' '.join(public_key.split()[:2])} {RESTORE_KEY_TAG}"
+    return f"echo {shlex.quote(line)} | sudo tee -a {home}/.ssh/authorized_keys >/dev/null"
+
+
+def untrust_key_script(home: str) -> str:
+    return f"sudo sed -i '/ {RESTORE_KEY_TAG}$/d' {home}/.ssh/authorized_keys"
+
+
+def restore_script(bin_dir: str, stanza: str, label: str, scratch: str = RESTORE_SCRATCH,
+                   port: int = FLOOR_PORT, timeout_s: int = 1800) -> str:
+    """The timed part: `pgbackrest restore` of the set (default type: replay to the end of the
+    archive), then PostgreSQL started from it until it accepts writes (recovery over,
+    promoted). The configuration the backup carries is Patroni's (addresses, paths of the
+    source node): the server gets its own port, socket, pg_hba (peer for postgres) and no
+    archiving. Prints `elapsed START RESTORED WRITABLE` (host clock) and the data size."""
+    conf = f"{scratch}/pgbackrest.conf"
+    data = f"{scratch}/data"
+    restore_command = f"pgbackrest --config={conf} --stanza={stanza} archive-get %f \"%p\""
+    set_command = shlex.quote(f"restore_command = {pg_quote(restore_command)}")
+    set_command = shlex.quote(f"restore_command = {pg_quote(restore_command)}")
+    opts = (f"-c port={port} -c listen_addresses= -c unix_socket_directories={scratch} "
+            f"-c hba_file={scratch}/hba.conf -c ident_file={scratch}/ident.conf -c archive_mode=off "
+            "-c hot_standby=on")
+    psql = f"{bin_dir}/psql -h {scratch} -p {port} -d postgres -XAtq"
+    return as_postgres(
+        f"s=$(date +%s.%N) && pgbackrest --config={conf} --stanza={stanza} --set={label} restore && "
+        f"r=$(date +%s.%N) && rm -f {data}/standby.signal && touch {data}/recovery.signal && "
+        f"{{ [ -f {data}/postgresql.conf ] || touch {data}/postgresql.conf; }} && "
+        # pgBackRest writes the restore_command; make sure it names this config file.
+        f"{{ grep -q -- '--config={conf}' {data}/postgresql.auto.conf || "
+        f"echo {set_command} >> {data}/postgresql.auto.conf; }} && "
+        f"{bin_dir}/pg_ctl -D {data} -l {scratch}/postgresql.log -w -t {timeout_s} "
+        f"-o {shlex.quote(opts)} start >/dev/null && "
+        f"n=0; until [ \"$({psql} -c 'SELECT pg_is_in_recovery()' 2>/dev/null)\" = f ]; do "
+        f"n=$((n+1)); [ $n -lt {timeout_s * 20} ] || exit 3; sleep 0.05; done; "
+        f"{psql} -c 'CREATE TABLE pgha_bench_restore_probe (id int); DROP TABLE pgha_bench_restore_probe' && "
+        f"e=$(date +%s.%N) && echo elapsed $s $r $e && du -sb {data}")
+
+
+def pg_quote(text: str) -> str:
+    """A PostgreSQL configuration string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def restore_cleanup_script(bin_dir: str, scratch: str = RESTORE_SCRATCH) -> str:
+    return cleanup_script(bin_dir, scratch)
+
+
+def parse_restore(stdout: str) -> dict[str, float | int]:
+    """restore_script's output: seconds of the restore, of start-until-writable, their total, bytes."""
+    out: dict[str, float | int] = {}
+    for line in stdout.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0] == "elapsed":
+            start, restored, writable = (float(w) for w in words[1:])
+            out.update(restore_s=restored - start, start_s=writable - restored, total_s=writable - start)
+        elif len(words) == 2 and words[0].isdigit():
+            out["bytes"] = int(words[0])
+    return out
+
+
+def command_end_ms(log: str, command: str) -> int | None:
+    """pgBackRest's own duration of the last `command` in its log file
+    (`restore command end: completed successfully (12345ms)`)."""
+    found = re.findall(rf"{re.escape(command)} command end: completed successfully \((\d+)ms\)", log)
+    return int(found[-1]) if found else None
+
+
+def restore_floor(dep: Deployment, target: str, repo: str, label: str) -> dict[str, Any]:
+    """B6's floor on `target`, a bare host: set up untimed (scratch key trusted by the repository
+    user, config), then the restore + start timed, then everything removed again."""
+    cfg = dep.model()
+    if cfg.backup is None:
+        raise RuntimeError("the stack has no pgha:backup")
+    pg = cfg.postgresql
+    lab = dep.lab
+    repo_user = "pgbackrest"
+    repo_address = lab.hosts[repo].address
+    home = ssh_checked(lab, repo, f"getent passwd {repo_user} | cut -d: -f6", what="repository user's home"
+                       ).stdout.strip()
+    ssh_checked(lab, target, "command -v pgbackrest >/dev/null || sudo DEBIAN_FRONTEND=noninteractive "
+                "apt-get install -y -q --no-install-recommends pgbackrest", what="pgbackrest installed")
+    public_key = ssh_checked(lab, target, restore_setup_script(), what="scratch dir and key").stdout.strip()
+    host_key = ssh_checked(lab, repo, "cat /etc/ssh/ssh_host_ed25519_key.pub", what="host key").stdout
+    files = {
+        f"{RESTORE_SCRATCH}/pgbackrest.conf": restore_floor_conf(repo_address, repo_user, cfg.backup.stanza,
+                                                                 cfg.backup.process_max),
+        f"{RESTORE_SCRATCH}/ssh/known_hosts": f"{repo_address} {' '.join(host_key.split()[:2])}\n",
+        f"{RESTORE_SCRATCH}/ssh/ssh": restore_ssh_wrapper(),
+        f"{RESTORE_SCRATCH}/hba.conf": "local all postgres peer\n",
+        f"{RESTORE_SCRATCH}/ident.conf": "",
+    }
+    for path, text in files.items():
+        ssh_checked(lab, target, write_as_postgres(path, "0700" if path.endswith("/ssh") else "0600"),
+                    input=text, what=f"write {path}")
+    ssh_checked(lab, repo, trust_key_script(home, public_key), what="trust the floor's key")
+    try:
+        proc, wall = timed(lambda: ssh_checked(
+            lab, target, restore_script(pg.bin_dir, cfg.backup.stanza, label), timeout=3600,
+            what="pgbackrest restore + start"))
+        result: dict[str, Any] = {"host": target, "set": label, "wall_s": wall, **parse_restore(proc.stdout)}
+        log_text = lab.ssh(target, f"sudo cat {RESTORE_SCRATCH}/log/{cfg.backup.stanza}-restore.log",
+                           check=False).stdout
+        result["pgbackrest_restore_ms"] = command_end_ms(log_text, "restore")
+    finally:
+        lab.ssh(repo, untrust_key_script(home), check=False, timeout=60)
+        lab.ssh(target, restore_cleanup_script(pg.bin_dir), check=False, timeout=300)
+    return result

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 # (seconds since the recorder started, latency in ms, acknowledged?)
 Sample = tuple[float, float, bool]
@@ -75,8 +75,48 @@ def summarize(samples: list[Sample], since: float = 0.0, stall_s: float = 1.0) -
 
 
 @dataclass
-class WriteRecorder:
+class BackgroundLoop:
+    """A daemon thread running `_run` from start() to stop(); now() is its samples' clock."""
+
+    thread_name: ClassVar[str] = "bench-loop"
+    _t0: float = field(default=0.0, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def now(self) -> float:
+        """Seconds since start(), on the clock the samples use."""
+        return time.monotonic() - self._t0
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._stop.clear()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+def close_quietly(conn: Any) -> None:
+    """Drop a connection after an error (closing it may fail too)."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - the connection is being dropped anyway
+            pass
+
+
+@dataclass
+class WriteRecorder(BackgroundLoop):
     """A background insert loop against host:port, recording every attempt."""
+
+    thread_name: ClassVar[str] = "bench-writes"
 
     host: str
     port: int
@@ -86,10 +126,7 @@ class WriteRecorder:
     samples: list[Sample] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     marks: list[tuple[float, str]] = field(default_factory=list)
-    _t0: float = 0.0
     _next_id: int = 1
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
     def _connect(self) -> Any:
         import psycopg  # here, so that the window arithmetic above needs no driver
@@ -106,10 +143,6 @@ class WriteRecorder:
             row = conn.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}").fetchone()
             self._next_id = int(row[0]) + 1 if row else 1
         return self
-
-    def now(self) -> float:
-        """Seconds since start(), on the clock the samples use."""
-        return time.monotonic() - self._t0
 
     def mark(self, label: str) -> float:
         """Note an event (e.g. the switchover request) on the samples' time line."""
@@ -132,11 +165,7 @@ class WriteRecorder:
             except Exception as err:  # noqa: BLE001 - every failure is a sample, whatever raised it
                 ok = False
                 self.errors[(str(err).strip().splitlines() or [type(err).__name__])[0][:160]] += 1
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:  # noqa: BLE001 - the connection is being dropped anyway
-                        pass
+                close_quietly(conn)
                 conn = None
             end = time.monotonic()
             self.samples.append((start - self._t0, (end - start) * 1000.0, ok))
@@ -144,18 +173,6 @@ class WriteRecorder:
             self._stop.wait(max(0.0, next_start - time.monotonic()))
         if conn is not None:
             conn.close()
-
-    def start(self) -> WriteRecorder:
-        self._stop.clear()
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="bench-writes", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def acknowledged_since(self, t: float) -> bool:
         """True once a write that started after t was acknowledged (writes flow again)."""

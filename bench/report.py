@@ -12,7 +12,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-ORDER = ("B1", "B2", "B3", "B4", "B5")
+ORDER = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
 FAIL_BIN_S = 0.25
 
 
@@ -76,7 +76,21 @@ def _details(details: dict[str, Any], depth: int = 0) -> list[str]:
     return lines
 
 
+def _lag_lines(name: str, series: dict[str, Any], charts: Collection[str]) -> list[str]:
+    """An archive-lag recording (B7): its worst values against archive_timeout, and the chart."""
+    lines = [f"**{series.get('event', name)}** — {series.get('samples', 0)} samples: worst RPO "
+             f"{fmt_value(series.get('worst_rpo_s'))} (archive_timeout "
+             f"{fmt_value(series.get('archive_timeout_s'))}), at most "
+             f"{series.get('worst_segments_behind', 'n/a')} complete segment(s) not yet archived."]
+    chart = series.get("chart")
+    if chart and chart in charts:
+        lines.append(f"![{series.get('event', name)}]({chart})")
+    return ["", *(f"{line}  " if i < len(lines) - 1 else line for i, line in enumerate(lines))]
+
+
 def _series_lines(name: str, series: dict[str, Any], charts: Collection[str]) -> list[str]:
+    if series.get("kind") == "archive_lag":
+        return _lag_lines(name, series, charts)
     lines = [f"**{series.get('event', name)}** — through HAProxy, one insert every "
              f"{series.get('interval_ms', 20):.0f} ms: {series.get('attempts', 0)} writes, "
              f"{series.get('failed', 0)} failed, longest unavailability "
@@ -149,15 +163,51 @@ def failures_per_bin(samples: list[Any], width: float = FAIL_BIN_S) -> tuple[lis
     return [i * width for i in range(bins)], counts
 
 
+def write_lag_chart(series: dict[str, Any], path: Path) -> None:
+    """B7: the RPO (s) over time with archive_timeout and the goal marked, segments behind below."""
+    import matplotlib.pyplot as plt
+
+    points = series.get("points") or []
+    timeout = series.get("archive_timeout_s") or 0.0
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 5.5),
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([p[0] for p in points], [p[1] for p in points], color="tab:blue", linewidth=1,
+             label="age of the oldest WAL not in the repository")
+    if timeout:
+        top.axhline(timeout, color="black", linestyle="--", linewidth=1,
+                    label=f"archive_timeout {timeout:g} s")
+        top.axhline(1.5 * timeout, color="tab:red", linestyle=":", linewidth=1,
+                    label="goal: 1.5 × archive_timeout")
+    top.set_ylabel("RPO (s)")
+    top.set_ylim(bottom=0)
+    bottom.step([p[0] for p in points], [p[2] for p in points], where="post", color="tab:orange")
+    bottom.set_ylabel("segments behind")
+    bottom.set_xlabel("seconds since the measurement started")
+    for axis in (top, bottom):
+        axis.grid(True, alpha=0.3)
+    worst = series.get("worst_rpo_s")
+    top.set_title(f"{series.get('event', '')}: worst RPO "
+                  f"{'n/a' if worst is None else f'{worst:.2f} s'}", fontsize=10)
+    top.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_chart(series: dict[str, Any], path: Path) -> bool:
-    """Write latency (ms) and failed writes over time, event and windows marked. False without
-    matplotlib (imported here, so that the rest of the bench does not need it)."""
+    """Write latency (ms) and failed writes over time, event and windows marked (an archive-lag
+    recording: its RPO chart). False without matplotlib (imported here, so that the rest of
+    the bench does not need it)."""
     try:
         import matplotlib
     except ImportError:
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if series.get("kind") == "archive_lag":
+        write_lag_chart(series, path)
+        return True
 
     samples = series.get("samples") or []
     ok = [(s[0], s[1]) for s in samples if s[2]]

@@ -1,4 +1,4 @@
-"""B1..B5: each measures pgha and a floor in the same run and returns a JSON-ready dict.
+"""B1..B7: each measures pgha and a floor in the same run and returns a JSON-ready dict.
 
 A result holds `figures` (measured ÷ floor, see timing.figure), `details` (the raw numbers
 behind them), `series` (write recordings for the charts) and `error` when it failed part way;
@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+import requests
+
 from bench import floors
+from bench.archive import ArchiveSampler, lag_series, rate_since, segment_number, summarize_lag
 from bench.deploy import (
+    BACKUP,
     GROW,
     NINE,
     STANDARD,
@@ -25,13 +30,15 @@ from bench.deploy import (
     cluster_config,
     lab_base_config,
     request_ok,
+    resources_summary,
+    ssh_checked,
 )
 from bench.events import phases
 from bench.recorder import WriteRecorder, summarize
-from bench.timing import figure, log, median, ratio
+from bench.timing import figure, log, median, ratio, timed
 from components.config import HaproxySettings
 from components.providers.haproxy_config import backend_status
-from tests.cluster.conftest import host, wait_until
+from tests.cluster.conftest import ProjectCopy, host, wait_until
 
 BASELINE_S = 3.0  # steady writes recorded before an event
 TAIL_S = 5.0  # and after writes flow again
@@ -369,13 +376,303 @@ def b5_rolling_restart(session: Session, result: Result) -> None:
         "the same, restarting the leader in place by hand"))
 
 
+# -- B6, B7: backups ---------------------------------------------------------------------------
+
+RESTORE_SCALE = 30  # pgbench scale for B6: ~450 MB, the copy dominates, the run stays short
+CLONE_SCOPE = "pgha-bench-clone"
+# All boot bare in the BACKUP layout: the floor's host, the clone's, and the host of a second
+# clone restored to a time, should the restore to `latest` fail.
+FLOOR_HOST, CLONE_HOST, TIME_CLONE_HOST = "pg6", "pg7", "pg8"
+
+
+def _repo_host(dep: Deployment) -> str:
+    return dep.model().with_role("backup")[0].name
+
+
+def _repo_info(dep: Deployment, stanza: str) -> dict[str, Any]:
+    out = ssh_checked(dep.lab, _repo_host(dep), "cd / && sudo -u pgbackrest pgbackrest "
+                      f"--stanza={stanza} --output=json info", what="pgbackrest info").stdout
+    return json.loads(out)[0]
+
+
+def _full_backup(dep: Deployment) -> dict[str, Any]:
+    """A full backup by the documented command (the timer's unit on the repository host)."""
+    cfg = dep.model()
+    assert cfg.backup is not None
+    stanza = cfg.backup.stanza
+    _, seconds = timed(lambda: ssh_checked(
+        dep.lab, _repo_host(dep), f"sudo systemctl start pgha-backup-{stanza}-full.service", timeout=1800,
+        what="full backup (systemctl start)"))
+    backup = [b for b in _repo_info(dep, stanza).get("backup", []) if b["type"] == "full"][-1]
+    return {"label": backup["label"], "seconds": seconds, "database_bytes": backup["info"]["size"],
+            "repository_bytes": backup["info"]["repository"]["delta"],
+            "wal_start": backup["archive"]["start"], "wal_stop": backup["archive"]["stop"]}
+
+
+def _time_target(dep: Deployment) -> str:
+    """A recovery target time on the source, then a commit after it, archived (`pgbackrest
+    check` switches and archives the segment): a PITR needs WAL past its target."""
+    cfg = dep.model()
+    assert cfg.backup is not None
+    stamp = str(dep.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+                        "'YYYY-MM-DD HH24:MI:SS.US') || '+00'")[0][0])
+    time.sleep(1.0)
+    dep.sql("CREATE TABLE IF NOT EXISTS pgha_bench_after_target (at timestamptz DEFAULT now())")
+    dep.sql("INSERT INTO pgha_bench_after_target DEFAULT VALUES")
+    ssh_checked(dep.lab, _repo_host(dep), "cd / && sudo -u pgbackrest pgbackrest "
+                f"--stanza={cfg.backup.stanza} check", what="pgbackrest check")
+    return stamp
+
+
+def _writable(address: str, port: int, password: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(host=address, port=port, user="postgres", dbname="postgres", password=password,
+                         connect_timeout=3, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS pgha_bench_clone_probe (id int)")
+        conn.execute("INSERT INTO pgha_bench_clone_probe VALUES (1)")
+    return True
+
+
+def _clone_diagnosis(dep: Deployment, name: str, restapi_port: int, timeout: float = 120) -> dict[str, Any]:
+    """After a failed clone `up`: how long until Patroni's GET /config answers 200 (the DCS
+    holds the cluster's config once the bootstrap is over), what Patroni says, its journal."""
+    base = f"http://{host(name, [])['address']}:{restapi_port}"
+    started = time.monotonic()
+    config_ok: float | None = None
+    while time.monotonic() - started < timeout:
+        if request_ok(f"{base}/config"):
+            config_ok = time.monotonic() - started
+            break
+        time.sleep(0.5)
+    facts: dict[str, Any] = {"config_200_after_s": config_ok if config_ok is not None
+                             else f"not within {timeout:.0f} s"}
+    for path in ("patroni", "cluster"):
+        try:
+            facts[path] = requests.get(f"{base}/{path}", timeout=5).json()
+        except (requests.RequestException, ValueError) as err:
+            facts[path] = f"{type(err).__name__}: {err}"
+    facts["patroni_journal"] = dep.lab.ssh(
+        name, "sudo journalctl -u patroni --no-pager -o short-precise | tail -n 60", check=False
+    ).stdout.splitlines()
+    return facts
+
+
+def _up_errors(output: str) -> list[str]:
+    """The `error:` lines of a failed `pulumi up` (Python tracebacks of the language host left out)."""
+    found = [line.strip() for line in output.splitlines() if "error:" in line and "**" not in line]
+    return list(dict.fromkeys(found))[:5]
+
+
+def _clone_up(session: Session, dep: Deployment, name: str, scope: str, target: Any,
+              record: dict[str, Any]) -> float:
+    """`pulumi up` of a 1-node clone stack on the bare host `name`, restoring the source stanza to
+    `target`, until its leader accepts a write: the seconds (a failed first `up` and a second
+    one included, what an operator would do; the diagnosis in between left out). `record` gets
+    the facts as they come."""
+    cfg = dep.model()
+    assert cfg.backup is not None
+    clone = ProjectCopy.with_stack(session.scratch(scope), "clone")
+    config = copy.deepcopy(clone.base_config)
+    config["scope"] = scope
+    config["hosts"] = [host(name, ["etcd", "patroni"]), host(_repo_host(dep), ["backup"])]
+    config["backup"] = copy.deepcopy(dep.config["backup"])
+    config["restore"] = {"fromStanza": cfg.backup.stanza, "target": target}
+    clone.write_config(config)
+    record.update(host=name, scope=scope, target=target, attempts=[])
+    log(f"B6: pulumi up of the clone on {name} (target {target})")
+    started = time.monotonic()
+    for attempt in (1, 2):
+        begun = time.monotonic()
+        proc = clone.run("up", "--yes", "--skip-preview", check=False)
+        record["attempts"].append({"seconds": time.monotonic() - begun, "exit": proc.returncode,
+                                   "errors": _up_errors(proc.stdout + proc.stderr),
+                                   "summary": resources_summary(proc.stdout)})
+        if proc.returncode == 0:
+            break
+        log(f"B6: the clone's pulumi up failed: {'; '.join(record['attempts'][-1]['errors'])[:300]}")
+        record["attempts"][-1]["diagnosis"] = _clone_diagnosis(dep, name, cfg.patroni.restapi_port)
+        if attempt == 2:
+            raise RuntimeError(f"the clone's pulumi up on {name} failed twice: "
+                               f"{record['attempts'][-1]['errors'][:2]}")
+        log(f"B6: running it again (GET /config answered 200 after "
+            f"{record['attempts'][-1]['diagnosis']['config_200_after_s']})")
+    # The `up` runs only: the diagnosis between two of them is the bench's, not an operator's.
+    record["up_s"] = sum(a["seconds"] for a in record["attempts"])
+    record["wall_s"] = time.monotonic() - started
+    password = clone.run("stack", "output", "superuserPassword", "--show-secrets").stdout.strip()
+    _, record["then_writable_after_s"] = timed(lambda: wait_until(
+        lambda: _writable(host(name, [])["address"], cfg.postgresql.port, password), timeout=300,
+        what=f"the clone's leader {name} accepting a write", interval=0.2))
+    restore_log = dep.lab.ssh(name, f"sudo cat /var/log/pgbackrest/{cfg.backup.stanza}-restore.log",
+                              check=False).stdout
+    record["pgbackrest_restore_ms"] = floors.command_end_ms(restore_log, "restore")
+    record["seconds"] = record["up_s"] + record["then_writable_after_s"]
+    return float(record["seconds"])
+
+
+@benchmark("B6", "Restore from the repository into a new cluster",
+           "`pulumi up` of a clone stack (`pgha:restore` from the stanza, target latest, on one bare host "
+           "with etcd + Patroni, same repository host) until its leader accepts a write, against a bare "
+           "`pgbackrest restore` of the same full backup (default type: replay to the end of the archive) "
+           "on another bare host, plus starting PostgreSQL from it until it accepts a write. The data "
+           f"is pgbench scale {RESTORE_SCALE}, backed up by the documented command. One node on each "
+           "side: a clone's other nodes are replicas made after the restore, which the bare restore "
+           "has no counterpart for. Should the clone to `latest` fail (its `up` twice), a clone restored "
+           "to a time just after the floor is measured instead, on a third bare host.")
+def b6_restore(session: Session, result: Result) -> None:
+    dep = session.ensure(BACKUP)
+    log(f"B6: pgbench -i -s {RESTORE_SCALE}")
+    dep.pgbench_init(RESTORE_SCALE)
+    dep.sql("CHECKPOINT")
+    dep.wait_caught_up()
+    log("B6: full backup (systemctl start pgha-backup-...-full)")
+    backup = _full_backup(dep)
+    result["details"]["backup"] = backup
+    size = f"{backup['database_bytes'] / 1e6:.0f} MB"
+    log(f"B6: backup {backup['label']} ({size}) in {backup['seconds']:.1f} s")
+
+    log(f"B6 floor: bare pgbackrest restore + start on {FLOOR_HOST}")
+    floor = floors.restore_floor(dep, FLOOR_HOST, _repo_host(dep), backup["label"])
+    result["details"]["floor"] = floor
+    log(f"B6 floor: {floor.get('total_s', 0):.1f} s (restore {floor.get('restore_s', 0):.1f} s)")
+
+    clone: dict[str, Any] = {}
+    result["details"]["clone"] = clone
+    try:
+        measured = _clone_up(session, dep, CLONE_HOST, CLONE_SCOPE, "latest", clone)
+        label = "latest"
+    except RuntimeError as err:
+        clone["error"] = str(err)
+        log(f"B6: {err}; a clone restored to a time instead, on {TIME_CLONE_HOST}")
+        stamp = _time_target(dep)
+        clone = {}
+        result["details"]["time_clone"] = clone
+        measured = _clone_up(session, dep, TIME_CLONE_HOST, f"{CLONE_SCOPE}-time", {"time": stamp}, clone)
+        label = "a time just after the floor (target latest failed, see details)"
+    # What the clone costs beyond the bare restore: installs, etcd, the clone's own stanza.
+    clone["fixed_overhead_s"] = measured - floor["total_s"] if "total_s" in floor else None
+    retried = ", its first `up` failed and ran again (both counted)" if len(clone["attempts"]) > 1 else ""
+    result["figures"].append(figure(
+        f"restore into a new 1-node cluster (pulumi up of a clone to {label}), pgbench scale "
+        f"{RESTORE_SCALE} ({size}){retried}", measured, floor.get("total_s"),
+        f"bare pgbackrest restore of the same set + pg_ctl start until writable, on {FLOOR_HOST}"))
+    if clone.get("pgbackrest_restore_ms") and floor.get("pgbackrest_restore_ms"):
+        result["figures"].append(figure(
+            "the pgbackrest restore inside the clone's bootstrap (pgBackRest's own duration)",
+            clone["pgbackrest_restore_ms"] / 1000, floor["pgbackrest_restore_ms"] / 1000,
+            "the bare restore's (pgBackRest's own duration, same set)"))
+
+
+B7_PHASE_S = 60  # each phase samples this long after the warm-up
+B7_WARMUP_S = 12.0  # one archive_timeout and a bit: history for the first samples' RPO
+B7_BULK_TABLE = "pgha_bench_bulk"
+# ~0.3 MB of WAL per transaction, 25 a second: ~7 MB/s, a 16 MB segment every ~2.5 s.
+B7_BULK_SQL = f"INSERT INTO {B7_BULK_TABLE} SELECT g, repeat('x', 200) FROM generate_series(1, 1000) g;\n"
+B7_BULK_RATE = 25
+
+
+def _lag_phase(dep: Deployment, seconds: float, load: Callable[[], Any]
+               ) -> tuple[dict[str, Any], list[list[float]], Any]:
+    """Sample the archive lag while `load()` runs (it returns when its load is done): the
+    summary, the points [t, rpo_s, segments behind] after the warm-up, and load()'s result."""
+    address, port = dep.haproxy()
+    sampler = ArchiveSampler(address, port, dep.superuser_password())
+    segment = sampler.segment_bytes()
+    sampler.start()
+    try:
+        time.sleep(B7_WARMUP_S)
+        since = sampler.now()
+        out = load()
+        end = sampler.now()
+        if end - since < seconds:
+            time.sleep(seconds - (end - since))
+    finally:
+        sampler.stop()
+    if not sampler.samples:
+        raise RuntimeError(f"no archive sample taken ({sampler.errors} failed)")
+    series = lag_series(sampler.samples, segment)
+    summary = summarize_lag(series, since=since)
+    kept = [s for s in sampler.samples if s[0] >= since] or sampler.samples
+    switched = segment_number(kept[-1][2], segment) - segment_number(kept[0][2], segment)
+    summary.update(segment_bytes=segment, sample_errors=sampler.errors,
+                   wal_generated_bytes_per_s=rate_since(sampler.wal_bytes, since), segments_switched=switched,
+                   archiver_failures=None if sampler.failed_count is None
+                   else sampler.failed_count[1] - sampler.failed_count[0])
+    points = [[round(s["t"] - since, 3), round(s["rpo_s"], 3), s["segments_behind"]]
+              for s in series if s["t"] >= since and s["rpo_s"] is not None]
+    return summary, points, out
+
+
+def _lag_series(event: str, chart: str, points: list[list[float]], summary: dict[str, Any],
+                timeout_s: float) -> dict[str, Any]:
+    """A chartable recording of the archive lag (report.py draws kind `archive_lag`)."""
+    return {"kind": "archive_lag", "event": event, "chart": chart, "points": points,
+            "archive_timeout_s": timeout_s, "worst_rpo_s": summary["worst_rpo_s"],
+            "worst_segments_behind": summary["worst_segments_behind"], "samples": summary["samples"]}
+
+
+@benchmark("B7", "Archive lag under load (RPO)",
+           "How much WAL the primary has written that is not yet in the repository, sampled every 0.25 s "
+           "through HAProxy (pg_current_wal_lsn and pg_walfile_name against "
+           "pg_stat_archiver.last_archived_wal): the RPO is the age of the oldest unarchived WAL byte (the "
+           "first of the segment after the last archived one; an upper bound, at most one sample too "
+           "high). Under a light load that fills no segment (one insert every 20 ms) it is bounded by "
+           "archive_timeout; under a bulk load (pgbench running 1000-row inserts, 25 a second, ~7 MB/s "
+           "of WAL) segments fill in seconds and archiving has to keep up. Figure: worst RPO ÷ "
+           "archive_timeout, goal ≤ 1.5 (one timeout plus the push).")
+def b7_archive_lag(session: Session, result: Result) -> None:
+    dep = session.ensure(BACKUP)
+    timeout_s = float(dep.sql("SELECT setting FROM pg_settings WHERE name = 'archive_timeout'")[0][0])
+    backup = dep.model().backup
+    result["details"]["settings"] = {"archive_timeout_s": timeout_s,
+                                     "archive_async": backup.archive_async if backup else None,
+                                     "process_max": backup.process_max if backup else None}
+    if timeout_s <= 0:
+        raise RuntimeError("archive_timeout is 0 on the cluster: B7 needs pgha:backup.archiveTimeout")
+    address, port = dep.haproxy()
+
+    log(f"B7: light load (an insert every 20 ms) for {B7_PHASE_S} s, archive_timeout {timeout_s:g} s")
+    rec = WriteRecorder(address, port, dep.superuser_password()).prepare().start()
+    try:
+        light, points, _ = _lag_phase(dep, B7_PHASE_S, lambda: None)
+    finally:
+        rec.stop()
+    light["writes"] = summarize(rec.samples)
+    result["details"]["light"] = light
+    result["series"]["lag_light"] = _lag_series("archive lag, light load (an insert every 20 ms)",
+                                                "archive_lag_light.png", points, light, timeout_s)
+    result["figures"].append(figure(
+        "worst RPO, light load (20 ms inserts, no segment filled)", light["worst_rpo_s"], timeout_s,
+        "archive_timeout", goal=1.5))
+
+    log(f"B7: bulk load (pgbench, {B7_BULK_RATE} × 1000-row inserts a second) for {B7_PHASE_S} s")
+    dep.sql(f"CREATE TABLE IF NOT EXISTS {B7_BULK_TABLE} (id bigint, pad text)")
+    try:
+        bulk, points, output = _lag_phase(dep, B7_PHASE_S, lambda: dep.pgbench_run(
+            2, B7_PHASE_S, script=B7_BULK_SQL, rate=B7_BULK_RATE))
+    finally:
+        dep.sql(f"DROP TABLE IF EXISTS {B7_BULK_TABLE}")
+    bulk["pgbench"] = [line.strip() for line in output.splitlines()
+                       if line.startswith(("tps", "number of transactions actually", "latency average"))]
+    result["details"]["bulk"] = bulk
+    result["series"]["lag_bulk"] = _lag_series("archive lag, bulk load (~7 MB/s of WAL)",
+                                               "archive_lag_bulk.png", points, bulk, timeout_s)
+    result["figures"].append(figure(
+        "worst RPO, bulk load (segments filling)", bulk["worst_rpo_s"], timeout_s, "archive_timeout",
+        goal=1.5))
+
+
 SCENARIOS: dict[str, Scenario] = {
     "B1": b1_first_deploy,
     "B2": b2_no_change,
     "B3": b3_add_replica,
     "B4": b4_unavailability,
     "B5": b5_rolling_restart,
+    "B6": b6_restore,
+    "B7": b7_archive_lag,
 }
 # B4 and B5 reuse B1's 3-node deployment and B2 its 3-node part, so that the run boots as few labs
-# as possible (4 hosts, then 10 for B2's 9 nodes, then 6 for B3); the report still reads B1..B5.
-EXECUTION_ORDER = ("B1", "B4", "B5", "B2", "B3")
+# as possible (4 hosts, then 10 for B2's 9 nodes, then 6 for B3, then 7 for B7 and B6, which
+# share a deployment with a repository host); the report still reads B1..B7.
+EXECUTION_ORDER = ("B1", "B4", "B5", "B2", "B3", "B7", "B6")

@@ -1,8 +1,8 @@
 """Backup: pgBackRest for the cluster (pgha:backup), and the restore of a new cluster from
 another stanza (pgha:restore).
 
-The repository lives on the host with the `backup` role and runs the backups over SSH to
-the database hosts (pgBackRest's "dedicated repository host"). Order in an `up`:
+Two layouts. With a host that has the `backup` role, the repository lives there and runs the
+backups over SSH to the database hosts (pgBackRest's "dedicated repository host"). Order in an `up`:
 
   BackupIdentity (repository host, each node)    users and SSH keys, made on the hosts
     -> BackupRepository, BackupNode per node       pgbackrest.conf, authorized_keys, known_hosts
@@ -10,6 +10,15 @@ the database hosts (pgBackRest's "dedicated repository host"). Order in an `up`:
     -> Patroni (bootstrap, nodes)                  archive_command works from the first WAL segment
     -> PatroniDynamicConfig                        archive_mode on (a rolling restart when added)
     -> BackupStanza                                stanza-create, check, timers; the `backup` output
+
+With no such host ("nodes" layout), the repository is backup.repoPath on the Patroni nodes,
+shared storage mounted at the same path on every node; no SSH between hosts, no identities:
+
+  BackupRepository                               the path is one shared directory on every node
+    -> BackupNode per node                         pgbackrest.conf (repo1-path local), the passphrase
+    -> Patroni, PatroniDynamicConfig               as above
+    -> BackupStanza                                stanza-create and check on the leader; a timer on
+                                                   every node, whose backup runs on the leader only
 """
 
 from __future__ import annotations
@@ -92,6 +101,8 @@ class Backup(pulumi.ComponentResource):
 
     prerequisites: list[pulumi.Resource]
     status: pulumi.Output[Any] | None
+    repository: BackupRepository
+    nodes: dict[str, BackupNode]
 
     def __init__(self, name: str, cfg: ClusterConfig, raw: dict[str, Any], secrets: ClusterSecrets,
                  guard: pulumi.Resource, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -99,8 +110,14 @@ class Backup(pulumi.ComponentResource):
         assert cfg.backup is not None
         self.cfg = cfg
         self.secrets = secrets
+        self.repo_connection = specs.connection(specs.backup_home(cfg))
+        self.restore: BackupRestore | None = None
+        self.stanza: BackupStanza | None = None
+        self.status = None
+        if cfg.backup.on_nodes:
+            self._on_nodes(raw, guard)
+            return
         repo_host = specs.backup_host(cfg)
-        self.repo_connection = specs.connection(repo_host)
         after_guard = pulumi.ResourceOptions(parent=self, depends_on=[guard])
 
         self.identities: dict[str, BackupIdentity] = {}
@@ -136,7 +153,7 @@ class Backup(pulumi.ComponentResource):
         self.repository = BackupRepository(f"{cfg.scope}-backup-repository", self._with_key(repo_props),
                                            pulumi.ResourceOptions(parent=self, ignore_changes=ignore))
 
-        self.nodes: dict[str, BackupNode] = {}
+        self.nodes = {}
         for host in nodes:
             self.nodes[host.name] = BackupNode(
                 f"{cfg.scope}-backup-node-{host.name}",
@@ -146,15 +163,32 @@ class Backup(pulumi.ComponentResource):
                 pulumi.ResourceOptions(parent=self, depends_on=[self.identities[host.name]]))
 
         self.prerequisites = [self.repository, *self.nodes.values()]
-        self.restore: BackupRestore | None = None
         if cfg.restore is not None:
             self.restore = BackupRestore(
                 f"{cfg.scope}-restore",
                 self._with_key({"connection": self.repo_connection, **specs.backup_restore_spec(cfg)}),
                 pulumi.ResourceOptions(parent=self, depends_on=[self.repository]))
             self.prerequisites.append(self.restore)
-        self.stanza: BackupStanza | None = None
-        self.status = None
+
+    def _on_nodes(self, raw: dict[str, Any], guard: pulumi.Resource) -> None:
+        """The nodes layout: the shared path checked first, then each node's configuration
+        (with the cipher passphrase in its own 0600 file: every node writes the repository)."""
+        cfg = self.cfg
+        self.repository = BackupRepository(
+            f"{cfg.scope}-backup-repository",
+            self._with_key({"connection": self.repo_connection, **specs.backup_repository_spec(cfg)}),
+            pulumi.ResourceOptions(parent=self, depends_on=[guard]))
+        passphrase = cipher_passphrase(cfg, raw, self)
+        self.nodes = {}
+        for host in cfg.with_role("patroni"):
+            props: dict[str, Any] = {"connection": specs.connection(host),
+                                     **specs.backup_node_spec(cfg, host)}
+            if passphrase is not None:
+                props["secrets"] = pulumi.Output.secret(passphrase.apply(lambda p: {"cipher_pass": p}))
+            self.nodes[host.name] = BackupNode(
+                f"{cfg.scope}-backup-node-{host.name}", self._with_key(props),
+                pulumi.ResourceOptions(parent=self, depends_on=[self.repository]))
+        self.prerequisites = [self.repository, *self.nodes.values()]
 
     def _with_key(self, props: dict[str, Any]) -> dict[str, Any]:
         if self.secrets.ssh_private_key is not None:

@@ -658,7 +658,9 @@ class S3Repository:
 
 @dataclass(frozen=True)
 class BackupSettings:
-    """pgBackRest with a dedicated repository host (the host with the `backup` role)."""
+    """pgBackRest: with a dedicated repository host (the host with the `backup` role), or, with
+    none, a posix repository in repo_path on the Patroni nodes themselves (the "nodes" layout:
+    repo_path is shared storage mounted at the same path on every node)."""
 
     stanza: str
     repo_path: str
@@ -676,6 +678,13 @@ class BackupSettings:
     archive_timeout: str
     # None: a posix repository in repo_path on the repository host.
     s3: S3Repository | None = None
+    # "repository-host" (a host with the backup role) or "nodes" (no such host: the repository
+    # is repo_path on shared storage, and each node runs pgBackRest against it locally).
+    layout: str = "repository-host"
+
+    @property
+    def on_nodes(self) -> bool:
+        return self.layout == "nodes"
 
 
 @dataclass(frozen=True)
@@ -825,9 +834,12 @@ def _load_backup(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
         return None
     data = as_mapping(problems, "backup", raw.get("backup"))
     check_unknown_keys(problems, "backup", data, BACKUP_KEYS)
-    if not backup_hosts and hosts:
-        problems.add("hosts", "pgha:backup needs one host with the backup role (the pgBackRest repository "
-                     "host, reached over SSH; it must not be a Patroni node)")
+    on_nodes = not backup_hosts
+    if on_nodes and "repoPath" not in data:
+        problems.add("backup.repoPath", "is required when no host has the backup role: the repository is "
+                     "then on the Patroni nodes themselves, in a directory on shared storage (NFS or "
+                     "similar) mounted at this same path on every Patroni node; or give one host the "
+                     "backup role (a dedicated repository host)")
     retention = as_mapping(problems, "backup.retention", data.get("retention"))
     check_unknown_keys(problems, "backup.retention", retention, ("full", "diff"))
     compression = as_mapping(problems, "backup.compression", data.get("compression"))
@@ -869,6 +881,10 @@ def _load_backup(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
         problems.add("backup.archiveTimeout", why)
     diff_retention = retention.get("diff")
     s3 = _load_s3(problems, raw, secret_keys, data.get("s3"))
+    if on_nodes and s3 is not None:
+        problems.add("backup.s3", "an S3 repository needs a host with the backup role (the repository host "
+                     "alone holds the S3 credentials); without one, the repository is the shared posix "
+                     "path pgha:backup.repoPath on the Patroni nodes")
     return BackupSettings(
         stanza=as_str(problems, "backup.stanza", data.get("stanza"), scope or "main", pattern=STANZA_RE,
                       what="stanza name (letters, digits, '-', '_', '.')"),
@@ -885,6 +901,7 @@ def _load_backup(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
         encryption=encryption,
         schedule_full=calendars["full"], schedule_diff=calendars["diff"],
         archive_timeout=archive_timeout, s3=s3,
+        layout="nodes" if on_nodes else "repository-host",
     )
 
 
@@ -926,9 +943,10 @@ def _load_restore(problems: Problems, raw: Any, backup: BackupSettings | None) -
         return None
     data = as_mapping(problems, "restore", raw)
     check_unknown_keys(problems, "restore", data, RESTORE_KEYS)
-    if backup is None:
+    if backup is None or backup.on_nodes:
         problems.add("restore", "needs pgha:backup and a host with the backup role: the repository to "
-                     "restore from, where the new cluster then archives into its own stanza")
+                     "restore from, where the new cluster then archives into its own stanza (a "
+                     "repository on the nodes' shared storage cannot restore into a new cluster yet)")
     source = as_str(problems, "restore.fromStanza", data.get("fromStanza"), pattern=STANZA_RE,
                     what="stanza name")
     if backup is not None and source == backup.stanza:

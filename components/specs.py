@@ -328,6 +328,34 @@ def backup_host(cfg: ClusterConfig) -> Host:
     return hosts[0]
 
 
+def backup_repo_user(cfg: ClusterConfig) -> str:
+    """Who owns the repository and runs the backups: pgbackrest on a repository host, postgres
+    when the repository is the nodes' shared storage (each node's pgBackRest writes it locally)."""
+    assert cfg.backup is not None
+    return "postgres" if cfg.backup.on_nodes else BACKUP_USER
+
+
+def backup_home(cfg: ClusterConfig) -> Host:
+    """The host the Backup resources connect to first: the repository host, or (nodes layout)
+    the first Patroni node (the stanza's commands then go to whichever node leads)."""
+    assert cfg.backup is not None
+    return cfg.with_role("patroni")[0] if cfg.backup.on_nodes else backup_host(cfg)
+
+
+def _layout(cfg: ClusterConfig) -> dict[str, str]:
+    """The layout input, present only for the nodes layout (stacks with a repository host keep
+    the inputs they stored)."""
+    assert cfg.backup is not None
+    return {"layout": "nodes"} if cfg.backup.on_nodes else {}
+
+
+def _retention(cfg: ClusterConfig) -> dict[str, int]:
+    backup = cfg.backup
+    assert backup is not None
+    return {"full": backup.retention_full,
+            **({"diff": backup.retention_diff} if backup.retention_diff is not None else {})}
+
+
 def replica_from_backup(cfg: ClusterConfig) -> str:
     """Patroni's `pgbackrest` replica method: restore the latest backup into the data directory."""
     assert cfg.backup is not None
@@ -355,12 +383,17 @@ def backup_repository_spec(cfg: ClusterConfig) -> dict[str, Any]:
     backup = cfg.backup
     assert backup is not None
     pg = cfg.postgresql
+    if backup.on_nodes:
+        # The repository is repo_path on every node: the resource checks it is one shared
+        # directory (a marker written on one node must be read back on every other one).
+        return {"scope": cfg.scope, "stanza": backup.stanza, "repo_path": backup.repo_path,
+                "repo_user": backup_repo_user(cfg), **_layout(cfg),
+                "nodes": {h.name: connection(h) for h in cfg.with_role("patroni")}}
     return {
         "scope": cfg.scope,
         "stanza": backup.stanza,
         "repo_path": backup.repo_path,
-        "retention": {"full": backup.retention_full,
-                      **({"diff": backup.retention_diff} if backup.retention_diff is not None else {})},
+        "retention": _retention(cfg),
         "compression": _compression(cfg),
         "process_max": backup.process_max,
         "encryption": "aes-256-cbc" if backup.encryption else "none",
@@ -381,12 +414,16 @@ def backup_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
     backup = cfg.backup
     assert backup is not None
     pg = cfg.postgresql
+    where: dict[str, Any] = (
+        # The repository on the node itself (shared storage): its settings live here too.
+        {**_layout(cfg), "repo_path": backup.repo_path, "retention": _retention(cfg),
+         "encryption": "aes-256-cbc" if backup.encryption else "none"}
+        if backup.on_nodes else {"repo_host": backup_host(cfg).address, "repo_user": BACKUP_USER})
     return {
         "scope": cfg.scope,
         "name": host.name,
         "stanza": backup.stanza,
-        "repo_host": backup_host(cfg).address,
-        "repo_user": BACKUP_USER,
+        **where,
         "data_dir": pg.data_dir,
         "pg_port": pg.port,
         "socket_dir": SOCKET_DIR,
@@ -401,19 +438,26 @@ def backup_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
 def backup_stanza_spec(cfg: ClusterConfig) -> dict[str, Any]:
     backup = cfg.backup
     assert backup is not None
-    repo = backup_host(cfg)
+    nodes = cfg.with_role("patroni")
+    if backup.on_nodes:
+        repository = f"{backup.repo_path} (shared by {', '.join(h.name for h in nodes)})"
+    elif backup.s3:
+        repository = f"s3://{backup.s3.bucket}{backup.repo_path} at {backup.s3.endpoint}"
+    else:
+        repository = f"{backup_host(cfg).name}:{backup.repo_path}"
     return {
         "scope": cfg.scope,
         "stanza": backup.stanza,
-        "repository": (f"s3://{backup.s3.bucket}{backup.repo_path} at {backup.s3.endpoint}"
-                       if backup.s3 else f"{repo.name}:{backup.repo_path}"),
-        "repo_user": BACKUP_USER,
+        "repository": repository,
+        "repo_user": backup_repo_user(cfg),
+        # nodes layout: the stanza's commands run on the leader, a timer on every node.
+        **_layout(cfg),
         "schedule": {kind: calendar for kind, calendar in
                      (("full", backup.schedule_full), ("diff", backup.schedule_diff)) if calendar},
         # Where the backup script looks for a healthy standby, and how status finds the leader.
         "nodes": {h.name: {"api_url": patroni_api_url(cfg, h),
                            "connection": connection(h)}
-                  for h in cfg.with_role("patroni")},
+                  for h in nodes},
         "pg_port": cfg.postgresql.port,
         "socket_dir": SOCKET_DIR,
         "bin_dir": cfg.postgresql.bin_dir,

@@ -45,6 +45,7 @@ def _clean(state: Path, *, quiet: bool = False) -> None:
     network.remove_veths(names)
     hosts.remove_lab_cgroups()
     remove_tree(hosts_root)
+    remove_tree(state / config.SHARED_DIR)
     for name in _STATE_FILES:  # only our own files: PGHA_LAB_DIR may name a shared dir
         (state / name).unlink(missing_ok=True)
 
@@ -100,6 +101,7 @@ class Lab:
             key = state / "id_ed25519"
             client_pub = make_key(key, f"{config.LAB_NAME}@{os.uname().nodename}")
             network.bridge_up()
+            hosts.make_shared_dir(state, image_root)
             host_pubs = {
                 n: hosts.create(state, n, addresses[n], addresses, image_root, client_pub) for n in names
             }

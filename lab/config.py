@@ -13,6 +13,11 @@ GATEWAY = "10.77.0.1"
 PREFIX_LEN = 24
 SSH_USER = "pgha"
 SSH_PORT = 22
+# A directory of the build machine bind-mounted into every host at the same path, owned by
+# the image's postgres user (same uid in every host): the lab's "shared storage" (NFS on a
+# real site), e.g. for a pgBackRest repository on the Patroni nodes themselves.
+SHARED_DIR = "shared"  # under the state dir
+SHARED_MOUNT = "/srv/pgha-shared"
 
 # Names become machine names and veth names ("vb-" + name must fit in 15 chars).
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")

@@ -85,6 +85,17 @@ def _write(path: Path, text: str, mode: int = 0o644, uid: int = 0, gid: int = 0)
     path.chmod(mode)
 
 
+def make_shared_dir(state: Path, image_root: Path) -> Path:
+    """A fresh, empty shared directory owned by the image's postgres user (mode 0750)."""
+    shared = state / config.SHARED_DIR
+    remove_tree(shared)
+    shared.mkdir(mode=0o750, parents=True)
+    uid, gid, _home = _user_ids(image_root, "postgres")
+    os.chown(shared, uid, gid)
+    shared.chmod(0o750)
+    return shared
+
+
 def _user_ids(root: Path, user: str) -> tuple[int, int, str]:
     """uid, gid and home of a user, read from the image's /etc/passwd."""
     for line in (root / "etc/passwd").read_text().splitlines():
@@ -249,6 +260,9 @@ def boot(state: Path, name: str) -> tuple[int, int]:
         "--link-journal=no",
         "--console=read-only",
     ]
+    shared = state / config.SHARED_DIR
+    if shared.is_dir():  # the lab's shared storage, the same directory in every host
+        argv.append(f"--bind={shared}:{config.SHARED_MOUNT}")
     # Enter the host's own cgroups, then exec nspawn (same pid), which (--keep-unit) puts
     # the container in CGROUP/payload. Otherwise every container shares /payload, and
     # their systemds create and remove each other's unit cgroups ("degraded" boots).

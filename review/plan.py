@@ -770,6 +770,10 @@ class _Planner:
         for step in repo:
             i = step.inputs
             where = f"{text(i.get('repo_path'))} on {text((i.get('connection') or {}).get('host'))}"
+            if i.get("layout") == "nodes":
+                shared_by = names(sorted(i.get("nodes") or {}))
+                where = (f"{text(i.get('repo_path'))}, shared storage on {shared_by} (checked: a marker "
+                         "written on one node must be seen on every other)")
             if step.op == CREATE:
                 self.lines.append(f"pgBackRest: repository for stanza {text(i.get('stanza'))} in {where} "
                                   f"({describe(step)})")

@@ -157,10 +157,17 @@ def describe(step: Step) -> str:
         case "BackupIdentity":
             made = " (created)" if i.get("create_user") else ""
             return f"user {text(i.get('user'))} and its SSH key{made}"
+        case "BackupRepository" if i.get("layout") == "nodes":
+            return (f"stanza {text(i.get('stanza'))} in {text(i.get('repo_path'))}, shared storage on "
+                    f"{', '.join(sorted(i.get('nodes') or {}))} (checked)")
         case "BackupRepository":
             retention = i.get("retention") or {}
             return (f"stanza {text(i.get('stanza'))} in {text(i.get('repo_path'))}, "
                     f"{text(i.get('encryption'))}, keeps {text(retention.get('full'))} full backups")
+        case "BackupNode" if i.get("layout") == "nodes":
+            retention = i.get("retention") or {}
+            return (f"archive_command to {text(i.get('repo_path'))} (shared), {text(i.get('encryption'))}, "
+                    f"keeps {text(retention.get('full'))} full backups")
         case "BackupNode":
             return f"archive_command to {text(i.get('repo_user'))}@{text(i.get('repo_host'))}"
         case "BackupStanza":

@@ -15,18 +15,29 @@ host and the database hosts (pgBackRest's "dedicated repository host" layout).
 
 Several stacks may share one repository host (a restored clone uses its source's): each
 writes only its own stanza's files and only the key lines tagged with its scope.
+
+With no repository host (layout "nodes"), the repository is a posix path on shared storage
+mounted on every Patroni node, and no SSH runs between hosts:
+- BackupRepository checks that the path is one shared directory: a marker written there by
+  postgres on the first node must be read (and the directory written) by postgres on every
+  other node; otherwise `up` stops, naming pgha:backup.repoPath and the hosts, before
+  Patroni starts archiving.
+- BackupNode writes pgbackrest.conf with the repository itself (repo1-path, retention) and
+  the cipher passphrase alone in conf.d/<stanza>-cipher.conf (0600 postgres): every node
+  writes the repository (archive-push from whichever node leads).
 """
 
 from __future__ import annotations
 
 import shlex
+import uuid
 from typing import Any, ClassVar
 
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from components import render
 from components.providers.base import HostProvider, public
-from components.transport.ssh import Ssh, SshError
+from components.transport.ssh import Ssh, SshError, SshTarget
 
 CONF_DIR = "/etc/pgbackrest"
 CONF_FILE = f"{CONF_DIR}/pgbackrest.conf"
@@ -209,12 +220,98 @@ def repo_secrets_conf(props: dict[str, Any]) -> str:
             f"repository.\n[{props['stanza']}]\n" + "\n".join(lines) + "\n")
 
 
+def on_nodes(props: dict[str, Any]) -> bool:
+    """The repository is the nodes' shared storage (no repository host)."""
+    return props.get("layout") == "nodes"
+
+
+def shared_marker(repo_path: str, scope: str) -> str:
+    return f"{repo_path.rstrip('/')}/.pgha-shared-check-{scope}"
+
+
+# What a node reports about the marker: its text, then one line WRITABLE or READONLY.
+_WRITABLE, _READONLY = "WRITABLE", "READONLY"
+
+
+def shared_path_problem(repo_path: str, user: str, writer: str, token: str,
+                        seen: dict[str, str]) -> str | None:
+    """Why repo_path is not one directory shared by every node, from what each other node read
+    back ({node: its report}); None when it is (pure)."""
+    missing, readonly = [], []
+    for name, report in sorted(seen.items()):
+        lines = report.strip().splitlines()
+        if not lines or lines[0].strip() != token:
+            missing.append(name)
+        elif lines[-1].strip() != _WRITABLE:
+            readonly.append(name)
+    if not missing and not readonly:
+        return None
+    why = []
+    if missing:
+        why.append(f"a marker written there by {user} on {writer} is not visible on {', '.join(missing)}")
+    if readonly:
+        why.append(f"{user} cannot write there on {', '.join(readonly)} (the same uid on every node?)")
+    return (f"pgha:backup.repoPath {repo_path} is not shared storage: {'; '.join(why)}. "
+            + _shared_rule(repo_path, user, [writer, *seen]))
+
+
+def _shared_rule(repo_path: str, user: str, nodes: list[str]) -> str:
+    return (f"With no host in the backup role, the repository must be one directory on shared storage "
+            f"(NFS or similar) mounted at this same path on every Patroni node ({', '.join(sorted(nodes))}), "
+            f"writable by {user}: otherwise, after a failover, the new primary archives into a repository "
+            f"without the backups. Mount it there (`findmnt {repo_path}` on each node), or give one host "
+            "the backup role.")
+
+
+def check_shared_path(props: dict[str, Any]) -> None:
+    """Write a marker on the first node and read it back on every other one (see
+    shared_path_problem); SshError naming pgha:backup.repoPath when the path is not shared."""
+    path, user, scope = props["repo_path"], props["repo_user"], props["scope"]
+    nodes = props["nodes"]
+    names = sorted(nodes)
+    writer = names[0]
+    token = f"pgha {scope} {uuid.uuid4().hex}"
+    marker = shlex.quote(shared_marker(path, scope))
+    step = "check pgha:backup.repoPath (shared storage)"
+
+    def connect(name: str) -> Ssh:
+        return Ssh(SshTarget.from_props(nodes[name], props.get("ssh_private_key")), connect_timeout=15)
+
+    as_user = f"cd / && runuser -u {shlex.quote(user)} --"
+    with connect(writer) as ssh:
+        made = ssh.run(f"{as_user} mkdir -p -m 0750 {shlex.quote(path)} && "
+                       f"{as_user} sh -c 'cat > \"$1\"' sh {marker}", step=step, stdin=token + "\n",
+                       check=False)
+        if made.code != 0:
+            raise SshError(nodes[writer]["host"], step,
+                           f"pgha:backup.repoPath {path} is not usable on {writer}: {user} cannot create or "
+                           f"write it ({(made.stderr or made.stdout).strip()[-300:]}). "
+                           + _shared_rule(path, user, names))
+    seen: dict[str, str] = {}
+    try:
+        for name in names[1:]:
+            probe = (f"{as_user} cat {marker} 2>/dev/null; "
+                     f"if {as_user} sh -c ': > \"$1.w\" && rm -f \"$1.w\"' sh {marker} 2>/dev/null; "
+                     f"then echo {_WRITABLE}; else echo {_READONLY}; fi")
+            with connect(name) as ssh:
+                seen[name] = ssh.run(probe, step=step, check=False).stdout
+    finally:
+        with connect(writer) as ssh:
+            ssh.run(f"rm -f {marker}", step=step, check=False)
+    problem = shared_path_problem(path, user, writer, token, seen)
+    if problem:
+        raise SshError(nodes[writer]["host"], step, problem)
+
+
 class BackupRepositoryProvider(HostProvider):
     REPLACE_ON = frozenset({"stanza"})
     OBSERVED: ClassVar[dict[str, Any]] = {"config_ok": True}
     OUTPUTS = frozenset({"pgbackrest_version"})
 
     def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
+        if on_nodes(props):
+            check_shared_path(props)
+            return {**public(props), "config_ok": True}
         user = props["repo_user"]
         conf, cipher = _stanza_files(props["stanza"])
         with self.ssh(props) as ssh:
@@ -252,13 +349,24 @@ class BackupRepositoryProvider(HostProvider):
         return UpdateResult(outs=self._apply(news))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        if on_nodes(props):
+            # The shared mount gone from a node is drift; a node that does not answer is not.
+            try:
+                check_shared_path(props)
+                ok = True
+            except SshError as err:
+                ok = err.step == "connect over SSH"
+            return ReadResult(id_=id_, outs={**props, "config_ok": ok})
         conf, _cipher = _stanza_files(props["stanza"])
         ok = _file_is(self, props, conf, repo_stanza_conf(props))
         return ReadResult(id_=id_, outs={**props, "config_ok": ok})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """The stanza's backups and repository settings stay (restorable with pgha:restore);
-        the database hosts and their keys are detached."""
+        the database hosts and their keys are detached. On the nodes' shared storage the
+        repository stays as it is."""
+        if on_nodes(props):
+            return
         conf, _cipher = _stanza_files(props["stanza"])
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
@@ -278,11 +386,21 @@ class BackupNodeProvider(HostProvider):
     def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
         with self.ssh(props) as ssh:
             ensure_pgbackrest(ssh)
-            ssh.run(f"install -d -m 0755 {CONF_DIR} && "
+            ssh.run(f"install -d -m 0755 {CONF_DIR} {CONF_DIR}/conf.d && "
                     "install -d -m 0750 -o postgres -g postgres /var/log/pgbackrest /var/spool/pgbackrest",
                     step="create pgBackRest's directories")
             ssh.write_file(CONF_FILE, node_conf(props), step=f"write {CONF_FILE}", mode="0640",
                            owner="root", group="postgres")
+            if on_nodes(props):
+                # The repository is written from here: its secrets too, alone in a 0600 file.
+                _conf, cipher = _stanza_files(props["stanza"])
+                text = repo_secrets_conf(props)
+                if text:
+                    ssh.write_file(cipher, text, step=f"write {cipher}", mode="0600", owner="postgres",
+                                   group="postgres")
+                else:
+                    ssh.run(f"rm -f {cipher}", step=f"remove {cipher}")
+                return {**public(props), "config_ok": True}
             update_key_file(ssh, "postgres", "authorized_keys", props["scope"],
                             {"repository": authorized_key_line(props["repo_key"])})
             update_key_file(ssh, "postgres", "known_hosts", props["scope"],
@@ -302,8 +420,12 @@ class BackupNodeProvider(HostProvider):
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         try:
             with self.ssh(props, connect_timeout=10) as ssh:
-                ssh.run(f"if grep -q 'Managed by pgha (stack {props['scope']})' {CONF_FILE} 2>/dev/null; "
-                        f"then rm -f {CONF_FILE}; fi", step=f"remove {CONF_FILE}")
+                _conf, cipher = _stanza_files(props["stanza"])
+                for path in (CONF_FILE, *([cipher] if on_nodes(props) else [])):
+                    ssh.run(f"if grep -q 'Managed by pgha (stack {props['scope']})' {path} 2>/dev/null; "
+                            f"then rm -f {path}; fi", step=f"remove {path}")
+                if on_nodes(props):
+                    return
                 for name in ("authorized_keys", "known_hosts"):
                     update_key_file(ssh, "postgres", name, props["scope"], {})
         except SshError as err:

@@ -6,6 +6,11 @@ a WAL switch and waits for the segment to reach the repository through archive_c
 Then the systemd timers of pgha:backup.schedule on the repository host. `up` never takes
 a backup itself: a backup is the timer's job or the documented manual command.
 
+With the repository on the nodes' shared storage (layout "nodes"), the stanza's commands run
+on the leader (found through Patroni's REST API) as postgres, and the timers are on every
+node: the backup script runs the backup only where Patroni's /primary answers 200 and exits
+0 elsewhere, so the schedule follows the leader through a failover.
+
 Its `status` output (the `backup` stack output) is read on every `up` and `refresh`: the
 last full and differential backups and their age, and WAL archiving from the leader's
 pg_stat_archiver. A failing archive_command shows on `refresh` as drift
@@ -23,6 +28,7 @@ from typing import Any, ClassVar
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from components import render
+from components.providers.backup_hosts import on_nodes
 from components.providers.base import HostProvider, public
 from components.transport.rest import LEADER_ROLES, PatroniApi, RestError
 from components.transport.ssh import Ssh, SshError, SshTarget, wait_for
@@ -43,6 +49,17 @@ def unit_name(stanza: str, kind: str) -> str:
 def scheduled_timers(props: dict[str, Any]) -> list[str]:
     schedule = props.get("schedule") or {}
     return [f"{unit_name(props['stanza'], kind)}.timer" for kind in KINDS if schedule.get(kind)]
+
+
+def backup_script(props: dict[str, Any], node: str | None) -> str:
+    """/usr/local/sbin/pgha-backup-<stanza>: on the repository host (node None), a backup from a
+    healthy standby if any; on a node (nodes layout), a backup only while this node leads."""
+    context = {"scope": props["scope"], "stanza": props["stanza"], "repo_user": props["repo_user"]}
+    if node is not None:
+        primary_url = f"{props['nodes'][node]['api_url']}/primary"
+        return render.render("pgbackrest-backup.sh.j2", primary_url=primary_url, replica_urls=[], **context)
+    replica_urls = [f"{n['api_url']}/replica" for _, n in sorted(props["nodes"].items())]
+    return render.render("pgbackrest-backup.sh.j2", replica_urls=replica_urls, **context)
 
 
 def as_repo_user(props: dict[str, Any], command: str) -> str:
@@ -136,6 +153,29 @@ class BackupStanzaProvider(HostProvider):
             return next((m["name"] for m in members if m.get("role") in LEADER_ROLES), None)
         return None
 
+    def _node_ssh(self, props: dict[str, Any], name: str, connect_timeout: float = 15.0) -> Ssh:
+        target = SshTarget.from_props(props["nodes"][name]["connection"], props.get("ssh_private_key"))
+        return Ssh(target, connect_timeout=connect_timeout)
+
+    def _repo_ssh(self, props: dict[str, Any], connect_timeout: float = 15.0) -> Ssh:
+        """Where the stanza's pgbackrest commands run: the repository host, or (nodes layout)
+        the leader, whose pgBackRest reaches both the repository and the primary locally."""
+        if not on_nodes(props):
+            return self.ssh(props, connect_timeout)
+        leader = self._leader(props)
+        if leader is None or leader not in props["nodes"]:
+            raise SshError(props["stanza"], "find the leader", "no Patroni node leads the cluster")
+        return self._node_ssh(props, leader, connect_timeout)
+
+    def _timer_hosts(self, props: dict[str, Any]) -> list[str | None]:
+        """Where the timers are: the repository host (None), or every node."""
+        return sorted(props["nodes"]) if on_nodes(props) else [None]
+
+    def _timer_ssh(self, props: dict[str, Any], node: str | None, connect_timeout: float = 15.0) -> Ssh:
+        if node is None:
+            return self.ssh(props, connect_timeout)
+        return self._node_ssh(props, node, connect_timeout)
+
     def _archiver(self, props: dict[str, Any]) -> dict[str, Any]:
         leader = self._leader(props)
         if leader is None or leader not in props["nodes"]:
@@ -188,14 +228,11 @@ class BackupStanzaProvider(HostProvider):
         except SshError as err:
             raise SshError(host, "pgbackrest check", last or str(err)) from err
 
-    def _install_timers(self, ssh: Ssh, props: dict[str, Any]) -> None:
+    def _install_timers(self, ssh: Ssh, props: dict[str, Any], node: str | None) -> None:
         stanza = props["stanza"]
         script = script_path(stanza)
-        replica_urls = [f"{n['api_url']}/replica" for _, n in sorted(props["nodes"].items())]
         context = {"scope": props["scope"], "stanza": stanza, "repo_user": props["repo_user"]}
-        changed = ssh.write_file(script, render.render("pgbackrest-backup.sh.j2", replica_urls=replica_urls,
-                                                       **context),
-                                 step=f"write {script}", mode="0755")
+        changed = ssh.write_file(script, backup_script(props, node), step=f"write {script}", mode="0755")
         for kind in KINDS:
             unit = unit_name(stanza, kind)
             calendar = (props.get("schedule") or {}).get(kind)
@@ -232,11 +269,17 @@ class BackupStanzaProvider(HostProvider):
         return out.stdout.split() == ["active"] * len(wanted)
 
     def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
-        with self.ssh(props) as ssh:
+        wait_for(lambda: self._leader(props), timeout=300, interval=1, what="a leader in the cluster",
+                 host=props["stanza"])
+        with self._repo_ssh(props) as ssh:
             self._stanza_create_and_check(ssh, props)
-            self._install_timers(ssh, props)
+        timers_ok = True
+        for node in self._timer_hosts(props):
+            with self._timer_ssh(props, node) as ssh:
+                self._install_timers(ssh, props, node)
+                timers_ok = self._timers_ok(ssh, props) and timers_ok
+        with self._repo_ssh(props) as ssh:
             status = self._status(ssh, props)
-            timers_ok = self._timers_ok(ssh, props)
         archive = status.get("archive") or {}
         if not archive.get("healthy", False) and archive.get("error") is None:
             # check just archived a segment, so an unhealthy archiver here is a real failure.
@@ -264,9 +307,9 @@ class BackupStanzaProvider(HostProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         outs = dict(props)
         try:
-            with self.ssh(props, connect_timeout=10) as ssh:
+            with self._repo_ssh(props, connect_timeout=10) as ssh:
                 status = self._status(ssh, props)
-                outs["timers_ok"] = self._timers_ok(ssh, props)
+            outs["timers_ok"] = self._all_timers_ok(props)
         except SshError as err:
             status = self._unreachable(props, err)
         outs["status"] = status
@@ -274,16 +317,31 @@ class BackupStanzaProvider(HostProvider):
             not str(status.get("repository_status", "")).startswith("unreachable")
         return ReadResult(id_=id_, outs=outs)
 
+    def _all_timers_ok(self, props: dict[str, Any]) -> bool:
+        """The timers on every host that has them (a node that does not answer is skipped in
+        the nodes layout: the others still run the schedule)."""
+        ok = True
+        for node in self._timer_hosts(props):
+            try:
+                with self._timer_ssh(props, node, connect_timeout=10) as ssh:
+                    ok = self._timers_ok(ssh, props) and ok
+            except SshError as err:
+                if node is None or err.step != "connect over SSH":
+                    raise
+        return ok
+
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """The timers go; the stanza's backups and archive stay in the repository."""
         stanza = props["stanza"]
         units = " ".join(f"{unit_name(stanza, k)}.timer" for k in KINDS)
         files = " ".join(f"{UNIT_DIR}/{unit_name(stanza, k)}.{suffix}"
                          for k in KINDS for suffix in ("timer", "service"))
-        try:
-            with self.ssh(props, connect_timeout=10) as ssh:
-                ssh.run(f"systemctl disable --now {units} >/dev/null 2>&1 || true; rm -f {files} "
-                        f"{script_path(stanza)}; systemctl daemon-reload", step="remove the backup timers")
-        except SshError as err:
-            if err.step != "connect over SSH":
-                raise
+        for node in self._timer_hosts(props):
+            try:
+                with self._timer_ssh(props, node, connect_timeout=10) as ssh:
+                    ssh.run(f"systemctl disable --now {units} >/dev/null 2>&1 || true; rm -f {files} "
+                            f"{script_path(stanza)}; systemctl daemon-reload",
+                            step="remove the backup timers")
+            except SshError as err:
+                if err.step != "connect over SSH":
+                    raise

@@ -56,11 +56,17 @@ def ready_status(node: PatroniApi) -> dict[str, Any] | None:
     return ready_status_of(node.patroni())
 
 
-def ready_status_of(status: dict[str, Any]) -> dict[str, Any] | None:
+def ready_status_of(status: dict[str, Any], holds_leader_lock: bool = True) -> dict[str, Any] | None:
+    """`status` (a /patroni answer) when it shows a running leader or a streaming replica.
+
+    A new cluster's first node reports role primary as soon as PostgreSQL leaves recovery,
+    one HA loop before Patroni writes the leader key, the system identifier and /config
+    (post_bootstrap): a leader counts only once it holds the leader lock.
+    """
     if status.get("state") != "running":
         return None
     if status.get("role") in LEADER_ROLES:
-        return status
+        return status if holds_leader_lock else None
     if status.get("role") == "replica" and status.get("replication_state") == "streaming":
         return status
     return None
@@ -380,6 +386,8 @@ class PatroniNodeProvider(HostProvider):
             status = node.patroni()
             last.clear()
             last.update(status)
+            if status.get("state") == "running" and status.get("role") in LEADER_ROLES:
+                return ready_status_of(status, holds_leader_lock=node.health_status("/leader") == 200)
             return ready_status_of(status)
 
         def blocked() -> str | None:
@@ -391,7 +399,9 @@ class PatroniNodeProvider(HostProvider):
         def status() -> str:
             if not last:
                 return "Patroni's REST API does not answer yet"
-            return (f"Patroni: PostgreSQL {last.get('state')}, role {last.get('role')}"
+            lock = (", the leader lock not yet taken" if last.get("state") == "running"
+                    and last.get("role") in LEADER_ROLES else "")
+            return (f"Patroni: PostgreSQL {last.get('state')}, role {last.get('role')}{lock}"
                     + (f", replication {last['replication_state']}" if last.get("replication_state") else ""))
 
         try:

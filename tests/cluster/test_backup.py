@@ -85,30 +85,88 @@ def patroni_journal(lab: Lab, name: str) -> str:
     return lab.ssh(name, "sudo journalctl -u patroni --no-pager -o cat", check=False).stdout
 
 
+def verify_clean(bk: Backups, stanza: str = STANZA) -> str:
+    """`pgbackrest verify` of a stanza: exit 0 and nothing missing, invalid or in error. Its output."""
+    verify = bk.lab.ssh(REPO, f"cd / && sudo -u pgbackrest pgbackrest --stanza={stanza} "
+                              "--log-level-console=info verify", check=False, timeout=600)
+    text = verify.stdout + verify.stderr
+    assert verify.returncode == 0, text
+    assert not re.search(r"missing|invalid|error", text.split("verify command begin")[-1], re.I), text
+    return text
+
+
+def stamp_between_writes(bk: Backups) -> tuple[str, set[int]]:
+    """A timestamp for a PITR: writes stop, the rows committed so far are read, the time is
+    taken, and writes go on 1.5 s later. (time "YYYY-MM-DD HH:MM:SS.ffffff+00", rows before it)"""
+    bk.load.stop()
+    with bk.primary(autocommit=True) as conn:
+        before = {r[0] for r in conn.execute("SELECT id FROM pgha_load").fetchall()}
+        stamp = conn.execute("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+                             "'YYYY-MM-DD HH24:MI:SS.US') || '+00'").fetchone()
+    assert stamp is not None
+    time.sleep(1.5)
+    bk.load.start()
+    return str(stamp[0]), before
+
+
+def clone_stack(base: Path, stack: str, scope: str, names: list[str],
+                target: Any) -> tuple[ProjectCopy, dict[str, Any]]:
+    """A clone stack (its config written, not up yet): `names` run etcd and Patroni, the same
+    repository host; restored from STANZA to `target` (pgha:restore.target), archiving into its
+    own stanza (its scope)."""
+    clone = ProjectCopy.with_stack(base, stack)
+    config = copy.deepcopy(clone.base_config)
+    config["scope"] = scope
+    config["hosts"] = [*(host(name, ["etcd", "patroni"]) for name in names), host(REPO, ["backup"])]
+    config["backup"] = copy.deepcopy(BACKUP)
+    config["restore"] = {"fromStanza": STANZA, "target": target}
+    clone.write_config(config)
+    return clone, config
+
+
+def clone_rows(clone: ProjectCopy, name: str) -> tuple[set[int], int]:
+    """The load's ids on a clone's node, and the node's timeline."""
+    password = clone.run("stack", "output", "superuserPassword", "--show-secrets").stdout.strip()
+    with psycopg.connect(host=f"10.77.0.{10 + int(name[2:])}", port=5432, user="postgres", dbname="postgres",
+                         password=password, connect_timeout=5) as conn:
+        rows = {r[0] for r in conn.execute("SELECT id FROM pgha_load").fetchall()}
+        timeline = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+    assert timeline is not None
+    return rows, int(timeline[0])
+
+
+def deploy_backups(lab: Lab, base: Path, stack: str, **extra: Any) -> Backups:
+    """`up` of pg1..pg3 + HAProxy pg4 + the repository host with pgha:backup (BACKUP), and any
+    other pgha keys in `extra`; the write load through HAProxy made, not started."""
+    link_wheelhouse(lab)
+    project = ProjectCopy.with_stack(base, stack)
+    config = copy.deepcopy(project.base_config)
+    config["hosts"].append(host(REPO, ["backup"]))
+    config["backup"] = copy.deepcopy(BACKUP)
+    config.update(extra)
+    project.write_config(config)
+    started = time.monotonic()
+    project.run("up", "--yes", "--skip-preview")
+    password = project.run("stack", "output", "superuserPassword", "--show-secrets").stdout.strip()
+    return Backups(lab=lab, project=project, config=config, password=password,
+                   load=WriteLoad("10.77.0.14", 5000, password), marks={"up_started": started})
+
+
 @pytest.fixture(scope="module")
 def bk(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[Backups]:
     lab = Lab.up(8)
     clone: ProjectCopy | None = None
     try:
-        link_wheelhouse(lab)
-        project = ProjectCopy.with_stack(tmp_path_factory.mktemp("backup"), "backup")
-        config = copy.deepcopy(project.base_config)
-        config["hosts"].append(host(REPO, ["backup"]))
-        config["backup"] = copy.deepcopy(BACKUP)
-        project.write_config(config)
-        started = time.monotonic()
-        project.run("up", "--yes", "--skip-preview")
-        password = project.run("stack", "output", "superuserPassword", "--show-secrets").stdout.strip()
-        state = Backups(lab=lab, project=project, config=config, password=password,
-                        load=WriteLoad("10.77.0.14", 5000, password))
-        state.timed("pulumi up (3 nodes + HAProxy + repository host, archiving from the start)", started)
+        state = deploy_backups(lab, tmp_path_factory.mktemp("backup"), "backup")
+        state.timed("pulumi up (3 nodes + HAProxy + repository host, archiving from the start)",
+                    state.marks["up_started"])
         yield state
         state.load.stop()
         print("\ntimings:\n" + "\n".join(f"  {k}: {v:.1f}s" for k, v in state.timings.items()))
         clone = state.clone
         if clone is not None:
             clone.run("destroy", "--yes", "--skip-preview", check=False)
-        project.run("destroy", "--yes", "--skip-preview", check=False)
+        state.project.run("destroy", "--yes", "--skip-preview", check=False)
     finally:
         Lab.down()
 
@@ -197,35 +255,23 @@ def test_backups_under_load_across_a_switchover(bk: Backups) -> None:
     bk.timed("differential backup after the switchover", started)
     time.sleep(3)
 
-    # The timestamp: writes stop, the rows committed so far are noted, then writes go on.
-    bk.load.stop()
-    with bk.primary(autocommit=True) as conn:
-        before_t = {r[0] for r in conn.execute("SELECT id FROM pgha_load").fetchall()}
-        stamp = conn.execute("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
-                             "'YYYY-MM-DD HH24:MI:SS.US') || '+00'").fetchone()
-    assert stamp is not None
-    time.sleep(1.5)
-    bk.load.start()
+    stamp, before_t = stamp_between_writes(bk)
     time.sleep(6)
     bk.load.stop()
     with bk.primary(autocommit=True) as conn:
         after_t = {r[0] for r in conn.execute("SELECT id FROM pgha_load").fetchall()}
     assert after_t > before_t
-    bk.marks.update(stamp=stamp[0], before=before_t, after=after_t, switched_to=target)
-    print(f"\ntimestamp {stamp[0]}: {len(before_t)} rows before, {len(after_t) - len(before_t)} after; "
+    bk.marks.update(stamp=stamp, before=before_t, after=after_t, switched_to=target)
+    print(f"\ntimestamp {stamp}: {len(before_t)} rows before, {len(after_t) - len(before_t)} after; "
           f"{len(bk.load.failures)} failed writes during the switchover")
     assert bk.load.missing() == []
 
     # Archive the segment holding the writes after the timestamp (the PITR replays up to them).
     bk.repo(f"pgbackrest --stanza={STANZA} check")
     started = time.monotonic()
-    verify = bk.lab.ssh(REPO, f"cd / && sudo -u pgbackrest pgbackrest --stanza={STANZA} "
-                              "--log-level-console=info verify", check=False, timeout=600)
+    text = verify_clean(bk)
     bk.timed("pgbackrest verify", started)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    text = verify.stdout + verify.stderr
     print("  " + "\n  ".join(line for line in text.splitlines() if "INFO" in line or "WARN" in line))
-    assert not re.search(r"missing|invalid|error", text.split("verify command begin")[-1], re.I), text
     info = bk.info()
     print(f"archive: {json.dumps(info['archive'])}")
     timelines = {b["archive"]["start"][:8] for b in info["backup"]}
@@ -264,15 +310,9 @@ def test_a_new_replica_is_made_from_the_repository(bk: Backups) -> None:
 def test_point_in_time_recovery_into_a_clone(bk: Backups, tmp_path_factory: pytest.TempPathFactory) -> None:
     stamp = bk.marks["stamp"]
     source_before = bk.repo(f"sh -c 'ls -R /var/lib/pgbackrest/archive/{STANZA}'")
-    clone = ProjectCopy.with_stack(tmp_path_factory.mktemp("clone"), "clone")
+    clone, config = clone_stack(tmp_path_factory.mktemp("clone"), "clone", CLONE, ["pg7", "pg8"],
+                                {"time": stamp})
     bk.clone = clone
-    config = copy.deepcopy(clone.base_config)
-    config["scope"] = CLONE
-    config["hosts"] = [host("pg7", ["etcd", "patroni"]), host("pg8", ["etcd", "patroni"]),
-                       host(REPO, ["backup"])]
-    config["backup"] = copy.deepcopy(BACKUP)
-    config["restore"] = {"fromStanza": STANZA, "target": {"time": stamp}}
-    clone.write_config(config)
 
     preview = clone.run("preview", "--diff").stdout
     shown = stamp.replace("+00", "").rstrip("0").rstrip(".") + "+00"  # pgha writes .5331, not .533100
@@ -289,12 +329,7 @@ def test_point_in_time_recovery_into_a_clone(bk: Backups, tmp_path_factory: pyte
     leaders = [n for n, m in view.items() if m["role"] == "leader"]
     replicas = [n for n in view if n not in leaders]
     assert len(leaders) == 1 and replicas and all(view[n]["state"] == "streaming" for n in replicas), view
-    password = clone.run("stack", "output", "superuserPassword", "--show-secrets").stdout.strip()
-    address = f"10.77.0.{10 + int(leaders[0][2:])}"
-    with psycopg.connect(host=address, port=5432, user="postgres", dbname="postgres", password=password,
-                         connect_timeout=5) as conn:
-        rows = {r[0] for r in conn.execute("SELECT id FROM pgha_load").fetchall()}
-        timeline = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+    rows, timeline = clone_rows(clone, leaders[0])
     assert rows == bk.marks["before"], (len(rows), len(bk.marks["before"]),
                                         sorted(rows ^ bk.marks["before"])[:10])
     print(f"clone: {len(rows)} rows, exactly those committed before {stamp}; timeline {timeline}")
@@ -304,7 +339,7 @@ def test_point_in_time_recovery_into_a_clone(bk: Backups, tmp_path_factory: pyte
     bk.repo(f"pgbackrest --stanza={CLONE} check")
     clone_info = bk.info(CLONE)
     assert clone_info["archive"], clone_info
-    new_tl = f"{int(timeline[0]):08X}" if timeline else ""
+    new_tl = f"{timeline:08X}"
     clone_files = bk.repo(f"sh -c 'ls -R /var/lib/pgbackrest/archive/{CLONE}'")
     assert f"{new_tl}.history" in clone_files, clone_files
     source_after = bk.repo(f"sh -c 'ls -R /var/lib/pgbackrest/archive/{STANZA}'")
@@ -396,11 +431,7 @@ def test_repository_host_down_loses_nothing(bk: Backups) -> None:
     bk.load.stop()
     assert bk.load.missing() == []
     bk.repo(f"pgbackrest --stanza={STANZA} check")
-    verify = bk.lab.ssh(REPO, f"cd / && sudo -u pgbackrest pgbackrest --stanza={STANZA} "
-                              "--log-level-console=info verify", check=False, timeout=600)
-    text = verify.stdout + verify.stderr
-    assert verify.returncode == 0, text
-    assert not re.search(r"missing|invalid|error", text.split("verify command begin")[-1], re.I), text
+    verify_clean(bk)
 
     bk.project.run("refresh", "--run-program", "--yes")
     status = bk.outputs()["backup"]

@@ -172,6 +172,18 @@ def test_crash_and_start_keep_the_disk(lab: Lab) -> None:
     assert pings(lab, "pg1", "pg2")
 
 
+def test_one_shared_directory_in_every_host(lab: Lab) -> None:
+    """/srv/pgha-shared is one directory (the lab's stand-in for NFS), writable by postgres,
+    bound again when a crashed host starts."""
+    owner = lab.ssh("pg1", f"stat -c '%U %a' {config.SHARED_MOUNT}").stdout.split()
+    assert owner == ["postgres", "750"], owner
+    lab.ssh("pg1", f"sudo -u postgres sh -c 'hostname > {config.SHARED_MOUNT}/probe'")
+    for name in lab.hosts:
+        assert lab.ssh(name, f"sudo -u postgres cat {config.SHARED_MOUNT}/probe").stdout == "pg1\n"
+    assert (lab.state_dir / config.SHARED_DIR / "probe").read_text() == "pg1\n"
+    lab.ssh("pg1", f"sudo -u postgres rm {config.SHARED_MOUNT}/probe")
+
+
 def test_isolate_and_heal(lab: Lab) -> None:
     lab.isolate("pg3")
     try:
@@ -202,5 +214,6 @@ def test_down_leaves_nothing(lab: Lab) -> None:
     cgroups = [Path("/sys/fs/cgroup", h, config.LAB_NAME) for h in ("systemd", "unified", "")]
     assert not [cg for cg in cgroups if cg.exists()]
     assert not (state / "hosts").exists()
+    assert not (state / config.SHARED_DIR).exists()
     with pytest.raises(RuntimeError):
         Lab.load()

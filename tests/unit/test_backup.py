@@ -95,8 +95,8 @@ def test_a_lab_stack_generates_the_cipher_passphrase() -> None:
 BAD = [
     pytest.param({"hosts[4].roles": ["backup"], "backup": None}, "hosts[4].roles[0]",
                  "the backup role needs pgha:backup", id="backup-role-without-settings"),
-    pytest.param({"hosts[4].roles": ["haproxy"]}, "hosts", "pgha:backup needs one host with the backup role",
-                 id="backup-without-host"),
+    pytest.param({"hosts[4].roles": ["haproxy"]}, "backup.repoPath",
+                 "is required when no host has the backup role", id="backup-without-host"),
     pytest.param({"hosts[4].roles": ["backup", "patroni", "etcd"]}, "hosts[4].roles",
                  "must not be a Patroni node", id="backup-host-is-a-node"),
     pytest.param({"hosts[5]": {"name": "pg6", "address": "10.77.0.16", "roles": ["backup"]}},

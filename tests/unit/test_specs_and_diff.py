@@ -416,3 +416,17 @@ def test_an_error_without_words_is_reported_with_its_host_and_kind() -> None:
         _SilentFailure().create({"connection": {"host": "10.77.0.15"}, "port": 5432.0})
     with pytest.raises(RuntimeError, match=r"^pg9: stop Patroni: exit 1$"):
         _SilentFailure().delete("id", {"connection": {"host": "10.77.0.15"}})
+
+
+def test_a_primary_is_ready_only_once_it_holds_the_leader_lock() -> None:
+    """After a (custom) bootstrap Patroni says primary one HA loop before post_bootstrap
+    writes the leader key and /config; a replica streams or is not ready."""
+    from components.providers.patroni_node import ready_status_of
+
+    primary = {"state": "running", "role": "primary"}
+    assert ready_status_of(primary, holds_leader_lock=False) is None
+    assert ready_status_of(primary, holds_leader_lock=True) == primary
+    assert ready_status_of({"state": "starting", "role": "primary"}) is None
+    streaming = {"state": "running", "role": "replica", "replication_state": "streaming"}
+    assert ready_status_of(streaming, holds_leader_lock=False) == streaming
+    assert ready_status_of({"state": "running", "role": "replica", "replication_state": "catchup"}) is None
