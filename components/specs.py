@@ -445,7 +445,7 @@ def backup_stanza_spec(cfg: ClusterConfig) -> dict[str, Any]:
         repository = f"s3://{backup.s3.bucket}{backup.repo_path} at {backup.s3.endpoint}"
     else:
         repository = f"{backup_host(cfg).name}:{backup.repo_path}"
-    return {
+    return _with_tls({
         "scope": cfg.scope,
         "stanza": backup.stanza,
         "repository": repository,
@@ -461,7 +461,18 @@ def backup_stanza_spec(cfg: ClusterConfig) -> dict[str, Any]:
         "pg_port": cfg.postgresql.port,
         "socket_dir": SOCKET_DIR,
         "bin_dir": cfg.postgresql.bin_dir,
-    }
+    }, _backup_tls(cfg))
+
+
+def _backup_tls(cfg: ClusterConfig) -> dict[str, str] | None:
+    """pgha:tls in the nodes layout: the backup script asks its own node's Patroni over https
+    with the node's CA, certificate and key (it runs as postgres, who owns them). None otherwise:
+    a repository host holds no certificate (its check for a standby then fails and the backup
+    is taken from the primary)."""
+    node_tls = tls_plan.patroni_tls(cfg)
+    if node_tls is None or cfg.backup is None or not cfg.backup.on_nodes:
+        return None
+    return {k: node_tls[k] for k in ("ca_file", "cert_file", "key_file")}
 
 
 def restore_bootstrap(cfg: ClusterConfig) -> dict[str, Any]:

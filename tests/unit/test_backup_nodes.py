@@ -159,13 +159,16 @@ def test_the_nodes_layout_stanza_runs_as_postgres_with_a_timer_per_node() -> Non
 
 
 def test_a_nodes_backup_script_checks_its_own_node_leads() -> None:
-    stanza = specs.backup_stanza_spec(nodes_cfg())
+    raw = nodes_raw()
+    raw["tls"] = {"enabled": False}
+    stanza = specs.backup_stanza_spec(load_cluster_config(raw, secret_keys()))
     script = backup_script(stanza, "pg2")
     assert 'curl -s -o /dev/null -w \'%{http_code}\' --max-time 3 "http://10.77.0.12:8008/primary"' in script
     assert "is not the leader" in script and "exit 0" in script
     assert "--backup-standby" not in script.replace("--no-backup-standby", "")
     assert "/replica" not in script
-    repo_script = backup_script(specs.backup_stanza_spec(host_cfg()), None)
+    raw["hosts"].append(copy.deepcopy(BACKUP_HOST))
+    repo_script = backup_script(specs.backup_stanza_spec(load_cluster_config(raw, secret_keys())), None)
     assert "http://10.77.0.11:8008/replica" in repo_script and "/primary" not in repo_script
 
 
@@ -301,3 +304,14 @@ def test_the_review_describes_the_nodes_layout() -> None:
                 name="pgha-lab-backup-node-pg2", new_inputs=specs.backup_node_spec(cfg, pg2))
     assert describe(repo) == f"stanza pgha-lab in {SHARED}, shared storage on pg1, pg2, pg3 (checked)"
     assert describe(node) == f"archive_command to {SHARED} (shared), aes-256-cbc, keeps 2 full backups"
+
+
+def test_with_tls_a_nodes_backup_script_asks_its_node_over_https_with_its_certificate() -> None:
+    """pgha:tls (on by default): the leader check verifies the node's REST API against the CA and
+    shows the node's certificate (the script runs as postgres, who owns the key)."""
+    script = backup_script(specs.backup_stanza_spec(nodes_cfg()), "pg2")
+    assert ("curl -s --cacert /etc/patroni/tls/ca.crt --cert /etc/patroni/tls/node.crt --key "
+            "/etc/patroni/tls/node.key -o /dev/null -w '%{http_code}' --max-time 3 "
+            '"https://10.77.0.12:8008/primary"') in script
+    # A repository host holds no certificate: no tls in its stanza spec.
+    assert "tls" not in specs.backup_stanza_spec(host_cfg())
