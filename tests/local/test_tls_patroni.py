@@ -61,8 +61,8 @@ def _node_cert(ca: tls.KeyAndCertificate) -> tls.KeyAndCertificate:
 
 
 class Node:
-    def __init__(self, work: Path, url: str, ca: tls.KeyAndCertificate, config: Path) -> None:
-        self.work, self.url, self.ca, self.config = work, url, ca, config
+    def __init__(self, work: Path, url: str, ca: tls.KeyAndCertificate, config: Path, runuser: int) -> None:
+        self.work, self.url, self.ca, self.config, self.runuser = work, url, ca, config, runuser
         self.ca_file = str(work / "tls" / "ca.crt")
 
 
@@ -104,7 +104,7 @@ def node(member: Member) -> Iterator[Node]:  # noqa: F811 - the imported fixture
     log = (work / "patroni.log").open("w")
     proc = subprocess.Popen(["runuser", "-u", "postgres", "--", str(venv / "bin" / "patroni"), str(config)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    n = Node(work, f"https://{ADDRESS}:{rest_port}", ca, config)
+    n = Node(work, f"https://{ADDRESS}:{rest_port}", ca, config, proc.pid)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -175,12 +175,14 @@ def test_a_renewed_certificate_is_served_after_a_sighup(node: Node) -> None:
     _write(node.work / "tls" / "node.key", renewed.key_pem, 0o600)
     want = tls.load_certificate(renewed.cert_pem).public_bytes(Encoding.DER).hex()
     assert _served(node.url, node.ca_file) != want
-    pid = subprocess.run(["pgrep", "-u", "postgres", "-f", f"patroni {node.config}"], capture_output=True,
-                         text=True).stdout.split()[0]
-    os.kill(int(pid), signal.SIGHUP)  # systemctl reload patroni
-    deadline = time.monotonic() + 30
+    # Patroni is runuser's child (systemctl reload patroni: SIGHUP to the main process).
+    pids = subprocess.run(["pgrep", "-P", str(node.runuser)], capture_output=True, text=True).stdout.split()
+    assert len(pids) == 1, pids
+    os.kill(int(pids[0]), signal.SIGHUP)
+    deadline = time.monotonic() + 60
     while _served(node.url, node.ca_file) != want:
-        assert time.monotonic() < deadline, "the REST API still serves the old certificate"
+        assert time.monotonic() < deadline, ("the REST API still serves the old certificate",
+                                             (node.work / "patroni.log").read_text()[-2000:])
         time.sleep(0.5)
     status = requests.get(f"{node.url}/patroni", verify=node.ca_file, timeout=5).json()
     assert status["postmaster_start_time"] == started and status["state"] == "running"
