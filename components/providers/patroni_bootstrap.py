@@ -107,10 +107,9 @@ def plan_bootstrap(scope: str, first: str, dcs: DcsView, data: dict[str, str], r
                 f"and run `pulumi up --refresh` to bootstrap anew"))
         stale = (f" after clearing the old cluster's keys (system {cluster}) from the DCS"
                  if dcs.initialize is not None else "")
-        new = "restored from pgha:restore's backup" if restore else "new, empty"
         return BootstrapPlan("rebuild", (
             f"every node of cluster {scope} is gone: no data on {empty} and no member in the DCS. "
-            f"Bootstrapping a {new} cluster on {first}{stale}"))
+            f"Bootstrapping {_new_cluster(restore)} on {first}{stale}"))
     if len(set(systems.values())) > 1:
         return BootstrapPlan("stop", (
             f"the DCS holds no cluster {scope} and the nodes hold different PostgreSQL systems ({found}): "
@@ -122,10 +121,14 @@ def plan_bootstrap(scope: str, first: str, dcs: DcsView, data: dict[str, str], r
     if unknown and first not in systems:
         return BootstrapPlan("stop", _cannot_tell(scope, "", unknown))
     if existed and not systems:
-        new = "restored from pgha:restore's backup" if restore else "new, empty"
         return BootstrapPlan("rebuild", f"every node of cluster {scope} is gone: no data on {empty} and no "
-                                        f"member in the DCS. Bootstrapping a {new} cluster on {first}")
+                                        f"member in the DCS. Bootstrapping {_new_cluster(restore)} on "
+                                        f"{first}")
     return BootstrapPlan("start_first")
+
+
+def _new_cluster(restore: bool) -> str:
+    return "a cluster restored from pgha:restore's backup" if restore else "a new, empty cluster"
 
 
 def _cannot_tell(scope: str, cluster: str, unknown: dict[str, str]) -> str:

@@ -5,9 +5,10 @@ HAProxy: a full backup (the documented command), a timestamp T with rows committ
 after it. Then every database host is lost: pg1..pg3 lose power and come back re-imaged (a fresh
 disk from the image, new SSH host keys: nothing of etcd, Patroni or PostgreSQL), and only the
 repository host keeps anything of the cluster. The documented procedure (README, "Point-in-time
-recovery in place"): `pulumi destroy` of the dead stack, which completes on the re-imaged hosts;
-then, in the same stack and scope, pgha:restore from the surviving stanza to T and a new
-pgha:backup.stanza; the preview says a restore is what `up` will do; `up`. On the same hosts:
+recovery in place"), each way on a lab of its own: pgha:restore from the surviving stanza to T
+and a new pgha:backup.stanza set in the same stack and scope, then either `pulumi up --refresh`
+of the dead stack, or `pulumi destroy` (which completes on the re-imaged hosts) and `up`; the
+preview says a restore is what `up` will do. On the same hosts:
 one leader, two streaming replicas, exactly the rows committed before T, archiving on a new
 timeline into the new stanza (`pgbackrest check`), the old stanza's backups and archive as they
 were.
@@ -63,11 +64,15 @@ def repo_listing(bk: Backups, stanza: str) -> set[str]:
     return set(out.splitlines())
 
 
-@pytest.fixture(scope="module")
-def bk(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[Backups]:
+@pytest.fixture(scope="module", params=["destroy", "refresh"])
+def bk(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+       pulumi_bin: Path) -> Iterator[Backups]:
+    """The two documented procedures, each on a lab of its own: `destroy` then `up`, or one
+    `up --refresh` of the dead stack."""
     lab = Lab.up(5)
     try:
-        state = deploy_backups(lab, tmp_path_factory.mktemp("inplace"), "inplace")
+        state = deploy_backups(lab, tmp_path_factory.mktemp(f"inplace-{request.param}"), "inplace")
+        state.marks["procedure"] = request.param
         state.timed("pulumi up (3 nodes + HAProxy + repository host)", state.marks["up_started"])
         yield state
         state.load.stop()
@@ -119,6 +124,8 @@ def test_total_loss_of_every_database_host(bk: Backups) -> None:
 
 
 def test_destroy_of_the_dead_stack_completes(bk: Backups) -> None:
+    if bk.marks["procedure"] != "destroy":
+        pytest.skip("the other procedure keeps the dead stack's state: `up --refresh` rebuilds it")
     started = time.monotonic()
     out = bk.project.run("destroy", "--yes", "--skip-preview")
     bk.timed("pulumi destroy of the dead stack (re-imaged hosts)", started)
@@ -140,8 +147,9 @@ def test_restore_in_place_to_the_point_in_time(bk: Backups) -> None:
     bk.config = config
 
     # The preview says that a restore is what `up` will do: the raw diff's plan line, and the
-    # review summary's bootstrap line.
-    preview = bk.project.run("preview", "--diff").stdout
+    # review summary's restore line.
+    refresh = ("--refresh",) if bk.marks["procedure"] == "refresh" else ()
+    preview = bk.project.run("preview", *refresh, "--diff").stdout
     shown = bk.marks["stamp"].replace("+00", "").rstrip("0").rstrip(".") + "+00"
     plan = (f"restore from stanza {STANZA} on {REPO} to time {shown}, promote, then archive into "
             f"stanza {NEW_STANZA}")
@@ -154,8 +162,13 @@ def test_restore_in_place_to_the_point_in_time(bk: Backups) -> None:
     print(f"\npreview: + pgha:BackupRestore pgha-lab-restore create, plan: {plan!r}")
 
     started = time.monotonic()
-    bk.project.run("up", "--yes", "--skip-preview")
-    bk.timed("pulumi up restoring in place (pg1 restored to T, pg2 and pg3 replicas)", started)
+    out = bk.project.run("up", *refresh, "--yes", "--skip-preview")
+    bk.timed(f"pulumi up {' '.join(refresh)} restoring in place (pg1 restored to T, pg2 and pg3 replicas)",
+             started)
+    if refresh:  # the state still had the lost cluster: up says it rebuilds it by a restore
+        said = out.stdout + out.stderr
+        assert ("every node of cluster pgha-lab is gone: no data on pg1, pg2, pg3 and no member in the DCS. "
+                "Bootstrapping a cluster restored from pgha:restore's backup on pg1") in said, said[-4000:]
 
     view = wait_until(settled, timeout=60, what="one leader and two streaming replicas on pg1..pg3")
     leader = next(n for n, m in view.items() if m["role"] == "leader")

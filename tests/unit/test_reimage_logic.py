@@ -376,7 +376,8 @@ def test_every_node_gone_rebuilds_after_clearing_the_stale_keys() -> None:
     # All etcd lost too: the state's system identifier says there was a cluster.
     fresh = plan_bootstrap("pgha-lab", "pg1", DcsView(None, None, ()), dict.fromkeys(NODES, DATA_EMPTY),
                            recorded=SYSID, restore=True)
-    assert fresh.action == "rebuild" and "restored from pgha:restore's backup" in fresh.reason
+    assert fresh.action == "rebuild" and fresh.reason.endswith(
+        "Bootstrapping a cluster restored from pgha:restore's backup on pg1"), fresh.reason
     assert "clearing" not in fresh.reason
     # A state that recorded no system identifier (an older pgha, or Patroni did not say yet).
     unrecorded = plan_bootstrap("pgha-lab", "pg1", DcsView(None, None, ()), dict.fromkeys(NODES, DATA_ABSENT),
