@@ -163,8 +163,8 @@ def test_restore_in_place_to_the_point_in_time(bk: Backups) -> None:
 
     started = time.monotonic()
     out = bk.project.run("up", *refresh, "--yes", "--skip-preview")
-    bk.timed(f"pulumi up {' '.join(refresh)} restoring in place (pg1 restored to T, pg2 and pg3 replicas)",
-             started)
+    bk.timed(f"pulumi {' '.join(('up', *refresh))} restoring in place (pg1 restored to T, pg2 and pg3 "
+             "replicas)", started)
     if refresh:  # the state still had the lost cluster: up says it rebuilds it by a restore
         said = out.stdout + out.stderr
         assert ("every node of cluster pgha-lab is gone: no data on pg1, pg2, pg3 and no member in the DCS. "
