@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from . import config, hosts, inventory, network
@@ -283,6 +284,36 @@ class Lab:
                 hosts.boot(self.state_dir, name)
         if wait:
             self.wait_ready(name, timeout)
+
+    def reimage(self, names: Sequence[str], *, timeout: float = BOOT_TIMEOUT) -> None:
+        """Re-create some hosts from the image and boot them, the others left running.
+
+        What re-imaging a machine leaves: its power cut, a fresh disk (nothing written since
+        the image), new SSH host keys (known_hosts and the inventory updated), the same
+        name and address.
+        """
+        for name in names:
+            self._host(name)
+        state = self.state_dir
+        addresses = {h.name: h.address for h in self.inv.hosts}
+        with _locked(state):
+            fresh: dict[str, str] = {}
+            for name in names:
+                hosts.power_off(state, name)
+                hosts.unmount(state, name)
+                fresh[name] = hosts.create(state, name, addresses[name], addresses, Path(self.inv.image),
+                                           self.inv.public_key)
+            inv = replace(self.inv, hosts=tuple(
+                replace(h, host_public_key=fresh.get(h.name, h.host_public_key)) for h in self.inv.hosts))
+            write_known_hosts(Path(inv.known_hosts),
+                              [(h.name, h.address, h.host_public_key) for h in inv.hosts])
+            inventory.write(state, inv)
+            self.inv, self.hosts = inv, {h.name: h for h in inv.hosts}
+            for name in names:
+                hosts.boot(state, name)
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            list(pool.map(lambda n: self.wait_ready(n, timeout), names))
+        log(f"reimage: {', '.join(names)} re-created from the image and running")
 
     def isolate(self, name: str) -> None:
         """Cut the host's network link (detach its veth from the bridge)."""

@@ -278,26 +278,25 @@ def check_shared_path(props: dict[str, Any]) -> None:
         return Ssh(SshTarget.from_props(nodes[name], props.get("ssh_private_key")), connect_timeout=15)
 
     as_user = f"cd / && runuser -u {shlex.quote(user)} --"
-    with connect(writer) as ssh:
-        made = ssh.run(f"{as_user} mkdir -p -m 0750 {shlex.quote(path)} && "
-                       f"{as_user} sh -c 'cat > \"$1\"' sh {marker}", step=step, stdin=token + "\n",
-                       check=False)
+    seen: dict[str, str] = {}
+    with connect(writer) as first:
+        made = first.run(f"{as_user} mkdir -p -m 0750 {shlex.quote(path)} && "
+                         f"{as_user} sh -c 'cat > \"$1\"' sh {marker}", step=step, stdin=token + "\n",
+                         check=False)
         if made.code != 0:
             raise SshError(nodes[writer]["host"], step,
                            f"pgha:backup.repoPath {path} is not usable on {writer}: {user} cannot create or "
                            f"write it ({(made.stderr or made.stdout).strip()[-300:]}). "
                            + _shared_rule(path, user, names))
-    seen: dict[str, str] = {}
-    try:
-        for name in names[1:]:
-            probe = (f"{as_user} cat {marker} 2>/dev/null; "
-                     f"if {as_user} sh -c ': > \"$1.w\" && rm -f \"$1.w\"' sh {marker} 2>/dev/null; "
-                     f"then echo {_WRITABLE}; else echo {_READONLY}; fi")
-            with connect(name) as ssh:
-                seen[name] = ssh.run(probe, step=step, check=False).stdout
-    finally:
-        with connect(writer) as ssh:
-            ssh.run(f"rm -f {marker}", step=step, check=False)
+        try:
+            for name in names[1:]:
+                probe = (f"{as_user} cat {marker} 2>/dev/null; "
+                         f"if {as_user} sh -c ': > \"$1.w\" && rm -f \"$1.w\"' sh {marker} 2>/dev/null; "
+                         f"then echo {_WRITABLE}; else echo {_READONLY}; fi")
+                with connect(name) as ssh:
+                    seen[name] = ssh.run(probe, step=step, check=False).stdout
+        finally:
+            first.run(f"rm -f {marker}", step=step, check=False)
     problem = shared_path_problem(path, user, writer, token, seen)
     if problem:
         raise SshError(nodes[writer]["host"], step, problem)

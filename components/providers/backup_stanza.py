@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -176,9 +177,12 @@ class BackupStanzaProvider(HostProvider):
         """Where the timers are: the repository host (None), or every node."""
         return sorted(props["nodes"]) if on_nodes(props) else [None]
 
-    def _timer_ssh(self, props: dict[str, Any], node: str | None, connect_timeout: float = 15.0) -> Ssh:
+    def _timer_ssh(self, props: dict[str, Any], node: str | None, repo: Ssh | None = None,
+                   connect_timeout: float = 15.0) -> AbstractContextManager[Ssh]:
+        """A connection to a timer host: `repo`, already open to the repository host, serves
+        that host (node None) rather than a second connection."""
         if node is None:
-            return self.ssh(props, connect_timeout)
+            return nullcontext(repo) if repo is not None else self.ssh(props, connect_timeout)
         return self._node_ssh(props, node, connect_timeout)
 
     def _archiver(self, props: dict[str, Any]) -> dict[str, Any]:
@@ -276,15 +280,14 @@ class BackupStanzaProvider(HostProvider):
     def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
         wait_for(lambda: self._leader(props), timeout=300, interval=1, what="a leader in the cluster",
                  host=props["stanza"])
-        with self._repo_ssh(props) as ssh:
-            self._stanza_create_and_check(ssh, props)
-        timers_ok = True
-        for node in self._timer_hosts(props):
-            with self._timer_ssh(props, node) as ssh:
-                self._install_timers(ssh, props, node)
-                timers_ok = self._timers_ok(ssh, props) and timers_ok
-        with self._repo_ssh(props) as ssh:
-            status = self._status(ssh, props)
+        with self._repo_ssh(props) as repo:
+            self._stanza_create_and_check(repo, props)
+            timers_ok = True
+            for node in self._timer_hosts(props):
+                with self._timer_ssh(props, node, repo) as ssh:
+                    self._install_timers(ssh, props, node)
+                    timers_ok = self._timers_ok(ssh, props) and timers_ok
+            status = self._status(repo, props)
         archive = status.get("archive") or {}
         if not archive.get("healthy", False) and archive.get("error") is None:
             # check just archived a segment, so an unhealthy archiver here is a real failure.
@@ -312,9 +315,9 @@ class BackupStanzaProvider(HostProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         outs = dict(props)
         try:
-            with self._repo_ssh(props, connect_timeout=10) as ssh:
-                status = self._status(ssh, props)
-            outs["timers_ok"] = self._all_timers_ok(props)
+            with self._repo_ssh(props, connect_timeout=10) as repo:
+                status = self._status(repo, props)
+                outs["timers_ok"] = self._all_timers_ok(props, repo)
         except SshError as err:
             status = self._unreachable(props, err)
         outs["status"] = status
@@ -322,13 +325,13 @@ class BackupStanzaProvider(HostProvider):
             not str(status.get("repository_status", "")).startswith("unreachable")
         return ReadResult(id_=id_, outs=outs)
 
-    def _all_timers_ok(self, props: dict[str, Any]) -> bool:
+    def _all_timers_ok(self, props: dict[str, Any], repo: Ssh) -> bool:
         """The timers on every host that has them (a node that does not answer is skipped in
         the nodes layout: the others still run the schedule)."""
         ok = True
         for node in self._timer_hosts(props):
             try:
-                with self._timer_ssh(props, node, connect_timeout=10) as ssh:
+                with self._timer_ssh(props, node, repo, connect_timeout=10) as ssh:
                     ok = self._timers_ok(ssh, props) and ok
             except SshError as err:
                 if node is None or err.step != "connect over SSH":

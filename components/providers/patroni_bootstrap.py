@@ -72,7 +72,27 @@ class BootstrapPlan:
 
 
 def plan_bootstrap(scope: str, first: str, dcs: DcsView, data: dict[str, str], recorded: str = "",
-                   restore: bool = False, existed: bool = False) -> BootstrapPlan:
+                   restore: bool = False, existed: bool = False, restored_before: bool = False
+                   ) -> BootstrapPlan:
+    """What to do about the cluster as a whole, before any node starts (see _plan_bootstrap).
+
+    `restored_before`: the state says this cluster was made by its pgha:restore. Lost again,
+    it is not rebuilt by replaying that restore: that would bring back the source stanza's
+    old data to the old target, not this cluster's own backups.
+    """
+    plan = _plan_bootstrap(scope, first, dcs, data, recorded, restore, existed)
+    if plan.action == "rebuild" and restore and restored_before:
+        return BootstrapPlan("stop", (
+            f"every node of cluster {scope} is gone, and this cluster was made by pgha:restore: `up` does "
+            f"not replay that restore (it would bring back the source stanza's data as of its target, not "
+            f"this cluster's). This cluster's own backups and WAL are in its stanza (pgha:backup.stanza). "
+            f"To restore them in place: `pulumi destroy`, then set pgha:restore.fromStanza to that stanza "
+            f"(and a new pgha:backup.stanza) and run `pulumi up` (README: point-in-time recovery in place)"))
+    return plan
+
+
+def _plan_bootstrap(scope: str, first: str, dcs: DcsView, data: dict[str, str], recorded: str,
+                    restore: bool, existed: bool) -> BootstrapPlan:
     """What to do about the cluster as a whole, before any node starts.
 
     `data` is each node's data directory (a system identifier, patroni_node's DATA_* or
@@ -108,10 +128,9 @@ def plan_bootstrap(scope: str, first: str, dcs: DcsView, data: dict[str, str], r
                 f"and run `pulumi up --refresh` to bootstrap anew"))
         stale = (f" after clearing the old cluster's keys (system {cluster}) from the DCS"
                  if dcs.initialize is not None else "")
-        new = "restored from pgha:restore's backup" if restore else "new, empty"
         return BootstrapPlan("rebuild", (
             f"every node of cluster {scope} is gone: no data on {empty} and no member in the DCS. "
-            f"Bootstrapping a {new} cluster on {first}{stale}"))
+            f"Bootstrapping {_new_cluster(restore)} on {first}{stale}"))
     if len(set(systems.values())) > 1:
         return BootstrapPlan("stop", (
             f"the DCS holds no cluster {scope} and the nodes hold different PostgreSQL systems ({found}): "
@@ -123,10 +142,14 @@ def plan_bootstrap(scope: str, first: str, dcs: DcsView, data: dict[str, str], r
     if unknown and first not in systems:
         return BootstrapPlan("stop", _cannot_tell(scope, "", unknown))
     if existed and not systems:
-        new = "restored from pgha:restore's backup" if restore else "new, empty"
         return BootstrapPlan("rebuild", f"every node of cluster {scope} is gone: no data on {empty} and no "
-                                        f"member in the DCS. Bootstrapping a {new} cluster on {first}")
+                                        f"member in the DCS. Bootstrapping {_new_cluster(restore)} on "
+                                        f"{first}")
     return BootstrapPlan("start_first")
+
+
+def _new_cluster(restore: bool) -> str:
+    return "a cluster restored from pgha:restore's backup" if restore else "a new, empty cluster"
 
 
 def _cannot_tell(scope: str, cluster: str, unknown: dict[str, str]) -> str:
@@ -161,8 +184,8 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
         except SshError as err:
             return f"{UNREACHABLE}{err}"
 
-    def _ensure_cluster(self, props: dict[str, Any], recorded: str = "", existed: bool = False
-                        ) -> dict[str, Any]:
+    def _ensure_cluster(self, props: dict[str, Any], recorded: str = "", existed: bool = False,
+                        restored_before: bool = False) -> dict[str, Any]:
         """Decide with plan_bootstrap and act; the outputs record what runs now."""
         gateway = wait_for_dcs(props)
         dcs = DcsView.read(gateway, props)
@@ -174,7 +197,7 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
                                  strict=True))
             restore = bool((props.get("bootstrap") or {}).get("restore"))
             plan = plan_bootstrap(props["scope"], props["name"], dcs, found, recorded, restore=restore,
-                                  existed=existed)
+                                  existed=existed, restored_before=restored_before)
             if plan.action == "stop":
                 raise SshError(props["scope"], "bootstrap the cluster", plan.reason)
             if plan.reason:
@@ -202,7 +225,9 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
         return DiffResult(changes=bool(self.drifted(olds, news)))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        outs = self._ensure_cluster(news, recorded=olds.get("system_identifier") or "", existed=True)
+        restored_before = bool(olds.get("bootstrapped") and (olds.get("bootstrap") or {}).get("restore"))
+        outs = self._ensure_cluster(news, recorded=olds.get("system_identifier") or "", existed=True,
+                                    restored_before=restored_before)
         outs["bootstrapped"] = bool(olds.get("bootstrapped") or outs["bootstrapped"])
         return UpdateResult(outs=outs)
 

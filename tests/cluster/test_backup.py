@@ -65,6 +65,16 @@ class Backups:
         self.timings[name] = time.monotonic() - started
         print(f"\n{name}: {self.timings[name]:.1f}s")
 
+    def backup(self, kind: str, stanza: str = STANZA, what: str = "") -> None:
+        """A backup by the documented command (the timer's unit, on the repository host), timed;
+        pgBackRest's last lines when it fails."""
+        unit = f"pgha-backup-{stanza}-{kind}"
+        started = time.monotonic()
+        out = self.lab.ssh(REPO, f"sudo systemctl start {unit}.service", check=False, timeout=900)
+        assert out.returncode == 0, out.stderr + self.lab.ssh(
+            REPO, f"sudo journalctl -u {unit} --no-pager -n 40", check=False).stdout
+        self.timed(f"{kind} backup (systemctl start {unit}){what}", started)
+
     def outputs(self, project: ProjectCopy | None = None) -> dict[str, Any]:
         return json.loads((project or self.project).run("stack", "output", "--json", "--show-secrets").stdout)
 

@@ -120,12 +120,7 @@ def test_full_backup_then_the_leader_crashes(cr: Backups) -> None:
     cr.load.prepare()
     cr.load.start()
     time.sleep(3)
-    started = time.monotonic()
-    out = cr.lab.ssh(REPO, f"sudo systemctl start pgha-backup-{STANZA}-full.service", check=False,
-                     timeout=900)
-    assert out.returncode == 0, out.stderr + cr.lab.ssh(
-        REPO, f"sudo journalctl -u pgha-backup-{STANZA}-full --no-pager -n 40", check=False).stdout
-    cr.timed("full backup (systemctl start pgha-backup-pgha-lab-full)", started)
+    cr.backup("full")
     full = [b for b in cr.info()["backup"] if b["type"] == "full"]
     assert len(full) == 1 and full[0]["archive"]["start"].startswith("00000001"), full
     for _ in range(2):  # more writes on timeline 1 after the full backup, over more than one segment

@@ -376,7 +376,8 @@ def test_every_node_gone_rebuilds_after_clearing_the_stale_keys() -> None:
     # All etcd lost too: the state's system identifier says there was a cluster.
     fresh = plan_bootstrap("pgha-lab", "pg1", DcsView(None, None, ()), dict.fromkeys(NODES, DATA_EMPTY),
                            recorded=SYSID, restore=True)
-    assert fresh.action == "rebuild" and "restored from pgha:restore's backup" in fresh.reason
+    assert fresh.action == "rebuild" and fresh.reason.endswith(
+        "Bootstrapping a cluster restored from pgha:restore's backup on pg1"), fresh.reason
     assert "clearing" not in fresh.reason
     # A state that recorded no system identifier (an older pgha, or Patroni did not say yet).
     unrecorded = plan_bootstrap("pgha-lab", "pg1", DcsView(None, None, ()), dict.fromkeys(NODES, DATA_ABSENT),
@@ -480,3 +481,19 @@ def _fast_clock() -> Any:
         return now[0]
 
     return tick
+
+
+def test_a_restored_cluster_lost_again_is_not_rebuilt_by_replaying_its_restore() -> None:
+    """Its own backups are in its own stanza: replaying pgha:restore would bring back the
+    source's old data; the plan stops and says how to restore in place."""
+    lost = dict.fromkeys(NODES, DATA_ABSENT)
+    plan = plan_bootstrap("pgha-clone", "pg1", DcsView(None, None, ()), lost, recorded=SYSID, restore=True,
+                          existed=True, restored_before=True)
+    assert plan.action == "stop"
+    assert "does not replay that restore" in plan.reason and "pgha:restore.fromStanza" in plan.reason
+    # A stack that was not made by a restore (the first in-place restore), and one without
+    # pgha:restore, still rebuild.
+    assert plan_bootstrap("pgha-lab", "pg1", DcsView(None, None, ()), lost, recorded=SYSID, restore=True,
+                          existed=True).action == "rebuild"
+    assert plan_bootstrap("pgha-lab", "pg1", DcsView(None, None, ()), lost, recorded=SYSID,
+                          existed=True, restored_before=True).action == "rebuild"
