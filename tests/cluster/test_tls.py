@@ -250,6 +250,36 @@ def test_a_key_file_changed_on_a_host_is_drift_repaired_by_up(stack: TlsStack) -
     assert out.count("streaming") == 2, out
 
 
+def test_rest_api_client_certificates_required_on_a_running_cluster(stack: TlsStack) -> None:
+    """pgha:tls.restApiVerifyClient `required`, applied by `up` to the running cluster: every call
+    to Patroni's REST API, GET included, needs a certificate of the cluster's CA; HAProxy's checks
+    show their own, pgha's calls and patronictl on the nodes theirs; PostgreSQL does not restart."""
+    started = {n: requests.get(f"https://{a}:8008/patroni", verify=str(stack.ca_file), timeout=5).json()[
+        "postmaster_start_time"] for n, a in NODES.items()}
+    stack.config["tls"] = {**stack.config["tls"], "restApiVerifyClient": "required"}
+    stack.project.write_config(stack.config)
+    stack.project.run("up", "--yes", "--skip-preview")
+    for name, address in NODES.items():
+        url = f"https://{address}:8008/patroni"
+        with pytest.raises(requests.exceptions.RequestException):
+            requests.get(url, verify=str(stack.ca_file), timeout=5)  # no client certificate
+        status = requests.get(url, verify=str(stack.ca_file), cert=stack.client, timeout=5).json()
+        assert status["state"] == "running" and status["postmaster_start_time"] == started[name], status
+    text = stack.lab.ssh("pg4", "sudo cat /etc/haproxy/haproxy.cfg").stdout
+    assert "crt /etc/haproxy/pgha-client.pem" in text, text
+
+    def servers_up() -> bool:
+        status = backend_status("10.77.0.14", 7000)
+        up = {proxy: [s for s, state in servers.items() if state == "UP"]
+              for proxy, servers in status.items()}
+        return len(up["pgha-lab_primary"]) == 1 and len(up["pgha-lab_replicas"]) == 2
+
+    wait_until(servers_up, 30, "HAProxy's checks with its client certificate: one primary, two replicas UP")
+    out = stack.lab.ssh("pg2", "sudo -u postgres patronictl -c /etc/patroni/patroni.yml list").stdout
+    assert out.count("streaming") == 2, out
+    assert stack.project.preview_changes() == {}
+
+
 def test_destroy_removes_the_certificate_files(stack: TlsStack) -> None:
     """Last: destroy succeeds with TLS (pgha's calls with its client certificate from the state)
     and removes the files after the services that read them."""
