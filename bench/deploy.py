@@ -432,6 +432,7 @@ class Session:
         dep = Deployment(lab=lab, project=project, layout=layout, config=config, up_seconds=seconds,
                          up_spans=spans(tail.events))
         self.current = dep
+        dep.tls_files()  # pgha:tls on: pgha's client identity from the state, before any REST call
         dep.wait_healthy()
         return dep
 
