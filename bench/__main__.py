@@ -29,7 +29,7 @@ PULUMI = ROOT / ".tools" / "bin" / "pulumi"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(sorted(SCENARIOS)),
-                        help="comma-separated benchmarks to run (default: all of B1..B7)")
+                        help="comma-separated benchmarks to run (default: all of B1..B8)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
                         help="directory for report.md, report.json and the charts (default: bench/out)")
     parser.add_argument("--take-over-lab", action="store_true",

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,13 @@ import requests
 import yaml
 
 from bench.events import EventTail, spans
+from bench.recorder import WriteRecorder
 from bench.timing import log, timed
 from components.config import ClusterConfig, load_cluster_config
 from components.specs import RESTAPI_USERNAME
+from components.transport import tls_client
 from components.transport.rest import LEADER_ROLES, PatroniApi
+from components.transport.tls_client import TlsClientFiles
 from lab import Lab
 from scripts.lab_stack import link_wheelhouse
 from tests.cluster.conftest import LAB_STACK_FILE, ProjectCopy, host, wait_until
@@ -47,11 +52,70 @@ def cluster_config(config: dict[str, Any]) -> ClusterConfig:
     return load_cluster_config(copy.deepcopy(config), set())
 
 
-def _plaintext(value: Any) -> str:
-    """A secret from `stack export --show-secrets`: an envelope whose plaintext is JSON."""
+def _revealed(value: Any) -> Any:
+    """A value from `stack export --show-secrets` with its secret envelopes (whose plaintext is
+    JSON) opened, nested ones too."""
     if isinstance(value, dict) and "plaintext" in value:
-        return str(json.loads(value["plaintext"]))
-    return str(value)
+        return _revealed(json.loads(value["plaintext"]))
+    if isinstance(value, dict):
+        return {k: _revealed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revealed(v) for v in value]
+    return value
+
+
+def _plaintext(value: Any) -> str:
+    """A secret from `stack export --show-secrets` as text."""
+    return str(_revealed(value))
+
+
+def tls_client_material(exported: dict[str, Any]) -> dict[str, str]:
+    """pgha's own TLS client identity ({ca_pem, cert_pem, key_pem}: the cluster CA and the
+    pgha-client certificate) from a `stack export --show-secrets`: the `tls_client` input every
+    resource that calls etcd or Patroni carries (components/certificates.py)."""
+    for res in exported["deployment"].get("resources", []):
+        for part in ("outputs", "inputs"):
+            material = _revealed((res.get(part) or {}).get("tls_client"))
+            if isinstance(material, dict) and {"ca_pem", "cert_pem", "key_pem"} <= set(material):
+                return {k: str(material[k]) for k in ("ca_pem", "cert_pem", "key_pem")}
+    raise RuntimeError("no resource with a tls_client in the stack state (is pgha:tls on?)")
+
+
+def rest_base(cfg: ClusterConfig, address: str) -> str:
+    """A node's Patroni REST API: https with pgha:tls on, http otherwise."""
+    return f"{'https' if cfg.tls.enabled else 'http'}://{address}:{cfg.patroni.restapi_port}"
+
+
+def libpq_tls(cfg: ClusterConfig, ca_file: str | None) -> dict[str, str]:
+    """A client's TLS settings for PostgreSQL through HAProxy: with pgha:tls on, what the README
+    tells clients to use (verify-full against the stack's CA); off, libpq's defaults (as before)."""
+    if not cfg.tls.enabled:
+        return {}
+    if ca_file is None:
+        raise ValueError("pgha:tls is on: the stack's CA file is needed for sslmode=verify-full")
+    return {"sslmode": "verify-full", "sslrootcert": ca_file}
+
+
+class TlsPatroniApi(PatroniApi):
+    """PatroniApi presenting pgha's client identity (verifying against the cluster CA) on every
+    call, from whichever thread makes it (tls_client's context does not follow threads)."""
+
+    def __init__(self, base_url: str, auth: tuple[str, str] | None, timeout: tuple[float, float],
+                 identity: TlsClientFiles | None) -> None:
+        super().__init__(base_url, auth=auth, timeout=timeout)
+        self.identity = identity
+
+    def _presenting(self) -> Any:
+        return tls_client.presenting(self.identity) if self.identity else nullcontext()
+
+    def _get(self, path: str) -> requests.Response:
+        with self._presenting():
+            return super()._get(path)
+
+    def _unsafe(self, method: str, path: str, body: dict[str, Any] | None = None,
+                timeout: tuple[float, float] | None = None) -> requests.Response:
+        with self._presenting():
+            return super()._unsafe(method, path, body, timeout)
 
 
 @dataclass(frozen=True)
@@ -82,6 +146,8 @@ STANDARD = Layout("3 nodes", 4, (("pg1", _EP), ("pg2", _EP), ("pg3", _EP), ("pg4
 NINE = Layout("9 nodes", 10, (("pg1", _EP), ("pg2", _EP), ("pg3", _EP),
                               *((f"pg{i}", ("patroni",)) for i in range(4, 10)),
                               ("pg10", ("haproxy",))))
+# B8: the same hosts and roles with pgha:tls on (the lab stack says off).
+STANDARD_TLS = Layout("3 nodes, TLS on", 4, STANDARD.hosts, settings=(("tls", {"enabled": True}),))
 # pg5 and pg6 boot bare: B3 adds them to the stack one at a time.
 GROW = Layout("3 nodes + 2 bare hosts", 6, STANDARD.hosts, replication_from_lab_subnet=True)
 # B6 and B7: pg5 is the repository host (archiving from the first up, archive_timeout 10 s so
@@ -139,6 +205,7 @@ class Deployment:
     # {resource: (start s, end s)} of that `up` (bench/events.py)
     up_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
     _secrets: dict[str, str] = field(default_factory=dict)
+    _tls_files: TlsClientFiles | None = None
 
     # -- the stack ----------------------------------------------------------------------
 
@@ -172,6 +239,22 @@ class Deployment:
                 raise RuntimeError(f"no GeneratedPassword password/{purpose} in the stack state")
         return self._secrets[purpose]
 
+    def tls_files(self) -> TlsClientFiles | None:
+        """pgha's client identity as files (0600 in a 0700 directory beside the project copy,
+        removed with the session's scratch directory); None with pgha:tls off."""
+        if not self.model().tls.enabled:
+            return None
+        if self._tls_files is None:
+            directory = self.project.dir.parent / "tls-client"
+            directory.mkdir(mode=0o700, exist_ok=True)
+            material = tls_client_material(self.export(show_secrets=True))
+            self._tls_files = tls_client.write_files(str(directory), material)
+        return self._tls_files
+
+    def ca_file(self) -> str | None:
+        files = self.tls_files()
+        return files.ca_file if files else None
+
     def superuser_password(self) -> str:
         if "superuser" not in self._secrets:
             self._secrets["superuser"] = self.run(
@@ -193,10 +276,24 @@ class Deployment:
         return {h.name: h.address for h in self.model().with_role("patroni")}
 
     def api(self, name: str) -> PatroniApi:
-        port = self.model().patroni.restapi_port
-        return PatroniApi(f"http://{self.nodes()[name]}:{port}",
-                          auth=(RESTAPI_USERNAME, self.generated_password("restapi")),
-                          timeout=(2.0, 10.0))
+        return TlsPatroniApi(rest_base(self.model(), self.nodes()[name]),
+                             auth=(RESTAPI_USERNAME, self.generated_password("restapi")),
+                             timeout=(2.0, 10.0), identity=self.tls_files())
+
+    def rest_probe(self, name: str, path: str, timeout: float = 2.0) -> Callable[[], bool]:
+        """Whether GET path on `name`'s REST API answers 200, as HAProxy's check asks it (no client
+        certificate; with pgha:tls on, the server verified against the cluster CA). The URL is
+        worked out once: a watcher calls the probe every 50 ms."""
+        url, verify = f"{rest_base(self.model(), self.nodes()[name])}{path}", self.ca_file() or True
+        return lambda: request_ok(url, timeout, verify=verify)
+
+    def libpq_tls(self) -> dict[str, str]:
+        return libpq_tls(self.model(), self.ca_file())
+
+    def recorder(self) -> WriteRecorder:
+        """A write recorder through HAProxy's primary port, its table ready (not started)."""
+        address, port = self.haproxy()
+        return WriteRecorder(address, port, self.superuser_password(), tls=self.libpq_tls()).prepare()
 
     def members(self, avoid: str | None = None) -> dict[str, dict[str, Any]]:
         """Patroni's /cluster by member name, asked of each node in turn (`avoid` last)."""
@@ -246,7 +343,8 @@ class Deployment:
         """One statement through HAProxy's primary port, as the superuser."""
         address, port = self.haproxy()
         with psycopg.connect(host=address, port=port, user="postgres", dbname="postgres",
-                             password=self.superuser_password(), connect_timeout=5, autocommit=True) as conn:
+                             password=self.superuser_password(), connect_timeout=5, autocommit=True,
+                             **self.libpq_tls()) as conn:
             cur = conn.execute(query)
             return cur.fetchall() if cur.description else []
 
@@ -334,6 +432,7 @@ class Session:
         dep = Deployment(lab=lab, project=project, layout=layout, config=config, up_seconds=seconds,
                          up_spans=spans(tail.events))
         self.current = dep
+        dep.tls_files()  # pgha:tls on: pgha's client identity from the state, before any REST call
         dep.wait_healthy()
         return dep
 
@@ -358,9 +457,10 @@ class Session:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def request_ok(url: str, timeout: float = 2.0) -> bool:
-    """GET url answers 200 (Patroni's /primary, as HAProxy's check asks it)."""
+def request_ok(url: str, timeout: float = 2.0, verify: str | bool = True) -> bool:
+    """GET url answers 200 (Patroni's /primary, as HAProxy's check asks it); `verify`: a CA file
+    for https."""
     try:
-        return requests.get(url, timeout=timeout).status_code == 200
+        return requests.get(url, timeout=timeout, verify=verify).status_code == 200
     except requests.RequestException:
         return False

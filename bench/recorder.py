@@ -123,6 +123,8 @@ class WriteRecorder(BackgroundLoop):
     password: str
     interval: float = 0.02
     table: str = "pgha_bench_load"
+    # libpq's TLS settings (sslmode, sslrootcert) with pgha:tls on; none: libpq's defaults.
+    tls: dict[str, str] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     marks: list[tuple[float, str]] = field(default_factory=list)
@@ -134,7 +136,7 @@ class WriteRecorder(BackgroundLoop):
         # statement_timeout once per connection: one round trip per write, as a client would do.
         return psycopg.connect(host=self.host, port=self.port, user="postgres", dbname="postgres",
                                password=self.password, connect_timeout=3, autocommit=True,
-                               options="-c statement_timeout=3000")
+                               options="-c statement_timeout=3000", **self.tls)
 
     def prepare(self) -> WriteRecorder:
         with self._connect() as conn:

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-ORDER = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
+ORDER = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
 FAIL_BIN_S = 0.25
 
 

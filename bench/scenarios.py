@@ -25,7 +25,9 @@ from bench.deploy import (
     GROW,
     NINE,
     STANDARD,
+    STANDARD_TLS,
     Deployment,
+    Layout,
     Session,
     cluster_config,
     lab_base_config,
@@ -34,7 +36,7 @@ from bench.deploy import (
     ssh_checked,
 )
 from bench.events import phases
-from bench.recorder import WriteRecorder, summarize
+from bench.recorder import summarize
 from bench.timing import figure, log, median, ratio, timed
 from components.config import HaproxySettings
 from components.providers.haproxy_config import backend_status
@@ -112,6 +114,16 @@ def predict_crash(ttl: int, fall: int, fastinter_ms: int) -> float:
 # -- B1 ------------------------------------------------------------------------------------
 
 
+def _timed_deploy(session: Session, layout: Layout, details: dict[str, Any]) -> Deployment:
+    """Fresh hosts and a timed `pulumi up` of `layout` (B1, B8): `details` gets its seconds, its
+    phases and every resource's span."""
+    dep = session.deploy(layout)
+    details["up_s"] = dep.up_seconds
+    details["up_phases"] = phases(dep.up_spans)  # where the time went
+    details["up_spans"] = dep.up_spans  # every resource: report.json only
+    return dep
+
+
 @benchmark("B1", "First deploy from bare hosts",
            "`pulumi up` of 3 etcd+Patroni hosts and 1 HAProxy host on fresh lab hosts, against a plain "
            "script over SSH doing only the unavoidable steps on other fresh hosts: wheelhouse upload + "
@@ -123,10 +135,7 @@ def b1_first_deploy(session: Session, result: Result) -> None:
     floor = floors.initial_deploy_floor(floor_lab, cfg)
     result["details"]["floor"] = floor
     log(f"B1 floor: {floor['total_s']:.1f} s")
-    dep = session.deploy(STANDARD)
-    result["details"]["up_s"] = dep.up_seconds
-    result["details"]["up_phases"] = phases(dep.up_spans)  # where the time went
-    result["details"]["up_spans"] = dep.up_spans  # every resource: report.json only
+    dep = _timed_deploy(session, STANDARD, result["details"])
     result["figures"].append(figure(
         "pulumi up: 3 etcd+Patroni hosts + 1 HAProxy host, from bare hosts", dep.up_seconds,
         floor["total_s"], "wheelhouse + venv ∥3, initdb + start, pg_basebackup ∥2 (plain script over SSH)",
@@ -213,19 +222,18 @@ def _haproxy_primary(dep: Deployment, name: str) -> bool:
     return backend_status(address, cfg.haproxy.stats_port).get(f"{cfg.scope}_primary", {}).get(name) == "UP"
 
 
-def _switchover(dep: Deployment, ha: HaproxySettings) -> tuple[dict[str, Any], dict[str, Any]]:
+def _switchover(dep: Deployment, ha: HaproxySettings, chart: str = "switchover.png",
+                what: str = "planned switchover") -> tuple[dict[str, Any], dict[str, Any]]:
     leader = dep.leader()
     candidates = sorted(n for n, m in dep.members().items() if m.get("state") == "streaming")
     if leader is None or not candidates:
         raise RuntimeError(f"no leader or no streaming replica: {dep.members()}")
     candidate = candidates[0]
-    primary_url = f"http://{dep.nodes()[candidate]}:{dep.model().patroni.restapi_port}/primary"
-    address, port = dep.haproxy()
-    rec = WriteRecorder(address, port, dep.superuser_password()).prepare().start()
+    rec = dep.recorder().start()
     promoted = haproxy_up = None
     try:
         time.sleep(BASELINE_S)
-        promoted = Watch(lambda: request_ok(primary_url, 1.0), rec.now).start()
+        promoted = Watch(dep.rest_probe(candidate, "/primary", 1.0), rec.now).start()
         haproxy_up = Watch(lambda: _haproxy_primary(dep, candidate), rec.now, interval=0.1).start()
         t_event = rec.mark(f"POST /switchover {leader} -> {candidate}")
         resp = dep.api(leader).switchover(leader, candidate)
@@ -239,7 +247,7 @@ def _switchover(dep: Deployment, ha: HaproxySettings) -> tuple[dict[str, Any], d
         for watch in (promoted, haproxy_up):
             if watch is not None:
                 watch.stop()
-    series = rec.series(f"planned switchover {leader} → {candidate}", t_event, "switchover.png")
+    series = rec.series(f"{what} {leader} → {candidate}", t_event, chart)
     assert promoted.t is not None
     demote_promote = promoted.t - t_event
     facts = {"from": leader, "to": candidate, "demote_promote_s": demote_promote,
@@ -253,8 +261,7 @@ def _crash(dep: Deployment, ttl: int, ha: HaproxySettings) -> tuple[dict[str, An
     leader = dep.leader()
     if leader is None:
         raise RuntimeError("no leader to crash")
-    address, port = dep.haproxy()
-    rec = WriteRecorder(address, port, dep.superuser_password()).prepare().start()
+    rec = dep.recorder().start()
     try:
         time.sleep(BASELINE_S)
         t_event = rec.mark(f"crash {leader}")
@@ -328,11 +335,9 @@ def b4_unavailability(session: Session, result: Result) -> None:
            "hand one after the other (POST /restart per node, waiting for it to stream again).")
 def b5_rolling_restart(session: Session, result: Result) -> None:
     dep = session.ensure(STANDARD)
-    address, port = dep.haproxy()
-    password = dep.superuser_password()
 
     log("B5 floor: POST /restart on each node by hand")
-    rec = WriteRecorder(address, port, password).prepare().start()
+    rec = dep.recorder().start()
     try:
         time.sleep(BASELINE_S)
         t_floor = rec.mark("POST /restart, node by node")
@@ -352,7 +357,7 @@ def b5_rolling_restart(session: Session, result: Result) -> None:
     dep.write(config)
     log(f"B5: pulumi up with shared_buffers {old} -> {new}")
     leader_before = dep.leader()
-    rec = WriteRecorder(address, port, password).prepare().start()
+    rec = dep.recorder().start()
     try:
         time.sleep(BASELINE_S)
         t_event = rec.mark(f"pulumi up: shared_buffers {old} → {new}")
@@ -630,10 +635,9 @@ def b7_archive_lag(session: Session, result: Result) -> None:
                                      "process_max": backup.process_max if backup else None}
     if timeout_s <= 0:
         raise RuntimeError("archive_timeout is 0 on the cluster: B7 needs pgha:backup.archiveTimeout")
-    address, port = dep.haproxy()
 
     log(f"B7: light load (an insert every 20 ms) for {B7_PHASE_S} s, archive_timeout {timeout_s:g} s")
-    rec = WriteRecorder(address, port, dep.superuser_password()).prepare().start()
+    rec = dep.recorder().start()
     try:
         light, points, _ = _lag_phase(dep, B7_PHASE_S, lambda: None)
     finally:
@@ -663,6 +667,69 @@ def b7_archive_lag(session: Session, result: Result) -> None:
         goal=1.5))
 
 
+# -- B8 ------------------------------------------------------------------------------------
+
+# TLS off first, as B1 and B4 measure it; then the same hosts and roles with pgha:tls on.
+TLS_VARIANTS: tuple[tuple[str, Layout], ...] = (("off", STANDARD), ("on", STANDARD_TLS))
+TLS_SWITCHOVERS = 3  # per variant, back and forth: one write gap is too noisy to divide by
+_TLS_OFF_LABEL = "the same with TLS off (pgha:tls.enabled false), same run, other fresh hosts"
+
+
+def tls_cost_figures(details: dict[str, Any]) -> list[dict[str, Any]]:
+    """B8's figures from its details (`tls_on` and `tls_off`, each as far as it was measured):
+    TLS on ÷ TLS off for the first deploy, and the medians over the switchovers of the write gap
+    and of Patroni's demote/promote within it."""
+    on, off = details.get("tls_on", {}), details.get("tls_off", {})
+
+    def switchovers(part: dict[str, Any], key: str) -> float | None:
+        values = [s[key] for s in part.get("switchovers", []) if s.get(key) is not None]
+        return median(values) if values else None
+
+    def count(part: dict[str, Any]) -> int:
+        return len(part.get("switchovers", []))
+
+    runs = f"median of {count(on)} on, {count(off)} off"
+    return [
+        figure("pulumi up: 3 etcd+Patroni hosts + 1 HAProxy host from bare hosts, TLS on",
+               on.get("up_s"), off.get("up_s"), _TLS_OFF_LABEL),
+        figure(f"write unavailability, planned switchover, TLS on ({runs})", switchovers(on, "write_gap_s"),
+               switchovers(off, "write_gap_s"), _TLS_OFF_LABEL),
+        figure(f"Patroni's demote/promote in those switchovers (POST until the candidate's /primary "
+               f"answers 200), TLS on ({runs})", switchovers(on, "demote_promote_s"),
+               switchovers(off, "demote_promote_s"), _TLS_OFF_LABEL),
+    ]
+
+
+@benchmark("B8", "TLS cost: first deploy and planned switchover, TLS on ÷ TLS off",
+           "B1's first deploy and B4's planned switchover, with pgha:tls off (the lab stack) and with it "
+           "on (cluster CA and certificates issued, etcd, Patroni's REST API and PostgreSQL on TLS, "
+           "HAProxy checking over https), each on 4 fresh hosts in the same run: `pulumi up` of 3 "
+           "etcd+Patroni hosts + 1 HAProxy host, timed, then "
+           f"{TLS_SWITCHOVERS} switchovers (back and forth, each once the cluster is healthy again) "
+           "under the 20 ms write recorder, which with TLS on connects with sslmode=verify-full against "
+           "the stack's CA, as the README tells clients to. Figures: TLS on ÷ TLS off (the "
+           "switchovers' medians); no goal (issue #14 asks for the cost).")
+def b8_tls_cost(session: Session, result: Result) -> None:
+    try:
+        for variant, layout in TLS_VARIANTS:
+            part: dict[str, Any] = {"switchovers": []}
+            result["details"][f"tls_{variant}"] = part
+            log(f"B8: TLS {variant}: first deploy from bare hosts")
+            dep = _timed_deploy(session, layout, part)
+            part["writes_over_tls"] = bool(dep.libpq_tls())
+            for n in range(1, TLS_SWITCHOVERS + 1):
+                dep.wait_healthy(180)
+                log(f"B8: TLS {variant}: planned switchover {n}/{TLS_SWITCHOVERS} under writes")
+                series, facts = _switchover(dep, dep.model().haproxy,
+                                            chart=f"switchover_tls_{variant}_{n}.png",
+                                            what=f"planned switchover {n}, TLS {variant},")
+                facts["write_gap_s"] = series["longest_s"]
+                part["switchovers"].append(facts)
+                result["series"][f"switchover_tls_{variant}_{n}"] = series
+    finally:
+        result["figures"].extend(tls_cost_figures(result["details"]))
+
+
 SCENARIOS: dict[str, Scenario] = {
     "B1": b1_first_deploy,
     "B2": b2_no_change,
@@ -671,8 +738,10 @@ SCENARIOS: dict[str, Scenario] = {
     "B5": b5_rolling_restart,
     "B6": b6_restore,
     "B7": b7_archive_lag,
+    "B8": b8_tls_cost,
 }
 # B4 and B5 reuse B1's 3-node deployment and B2 its 3-node part, so that the run boots as few labs
 # as possible (4 hosts, then 10 for B2's 9 nodes, then 6 for B3, then 7 for B7 and B6, which
 # share a deployment with a repository host); the report still reads B1..B7.
-EXECUTION_ORDER = ("B1", "B4", "B5", "B2", "B3", "B7", "B6")
+# B8 boots its own two labs (TLS off, then on) and comes last: nothing after it could reuse them.
+EXECUTION_ORDER = ("B1", "B4", "B5", "B2", "B3", "B7", "B6", "B8")

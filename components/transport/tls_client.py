@@ -43,6 +43,26 @@ def _write(directory: str, name: str, text: str) -> str:
     return path
 
 
+def write_files(directory: str, material: Mapping[str, Any]) -> TlsClientFiles:
+    """Write `material`'s PEMs ({ca_pem, cert_pem, key_pem}) into `directory` (the caller's,
+    0700), each file new and 0600."""
+    return TlsClientFiles(
+        ca_file=_write(directory, "ca.crt", str(material["ca_pem"])),
+        cert_file=_write(directory, "client.crt", str(material["cert_pem"])),
+        key_file=_write(directory, "client.key", str(material["key_pem"])),
+    )
+
+
+@contextmanager
+def presenting(files: TlsClientFiles) -> Iterator[TlsClientFiles]:
+    """Use files already written (write_files) for the https calls made inside the block."""
+    token = _CURRENT.set(files)
+    try:
+        yield files
+    finally:
+        _CURRENT.reset(token)
+
+
 @contextmanager
 def client_tls(material: Mapping[str, Any] | None) -> Iterator[TlsClientFiles | None]:
     """Use `material` ({ca_pem, cert_pem, key_pem}) for the https calls made inside the block;
@@ -52,15 +72,7 @@ def client_tls(material: Mapping[str, Any] | None) -> Iterator[TlsClientFiles | 
         return
     directory = tempfile.mkdtemp(prefix="pgha-tls-")  # 0700, this user's
     try:
-        files = TlsClientFiles(
-            ca_file=_write(directory, "ca.crt", str(material["ca_pem"])),
-            cert_file=_write(directory, "client.crt", str(material["cert_pem"])),
-            key_file=_write(directory, "client.key", str(material["key_pem"])),
-        )
-        token = _CURRENT.set(files)
-        try:
+        with presenting(write_files(directory, material)) as files:
             yield files
-        finally:
-            _CURRENT.reset(token)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -121,3 +121,50 @@ def test_a_provider_call_uses_its_resources_tls_client(server: str,
     assert tls_client.current() is None
     with pytest.raises(RestError):
         _Probe().read("id", {"endpoint": server})
+
+
+def test_files_written_once_are_presented_for_a_block(server: str, pki: dict[str, tls.KeyAndCertificate],
+                                                      tmp_path: Path) -> None:
+    """write_files + presenting: the identity kept in files of the caller's own directory (the
+    bench keeps one for a deployment's lifetime), used only inside the block."""
+    directory = tmp_path / "identity"
+    directory.mkdir(mode=0o700)
+    files = tls_client.write_files(str(directory), _material(pki))
+    for path in (files.ca_file, files.cert_file, files.key_file):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with tls_client.presenting(files):
+        assert PatroniApi(server).cluster()["leader"] == "42"
+    assert tls_client.current() is None
+    with pytest.raises(RestError, match="CERTIFICATE_VERIFY_FAILED"):
+        PatroniApi(server).cluster()
+    assert (directory / "client.key").exists(), "the caller's files stay"
+
+
+def test_the_bench_api_presents_its_identity_from_any_thread(server: str,
+                                                             pki: dict[str, tls.KeyAndCertificate],
+                                                             tmp_path: Path) -> None:
+    """bench's TlsPatroniApi carries its identity into each call: a call from another thread
+    (the bench's watchers) shows the client certificate, where the context of the thread that
+    made the API does not follow."""
+    from bench.deploy import TlsPatroniApi
+
+    (tmp_path / "identity").mkdir(mode=0o700)
+    files = tls_client.write_files(str(tmp_path / "identity"), _material(pki))
+    outcome: dict[str, Any] = {}
+
+    def call(name: str, api: PatroniApi) -> None:
+        try:
+            outcome[name] = api.switchover("pg1", "pg2").status_code
+        except RestError as err:
+            outcome[name] = str(err)
+
+    with tls_client.presenting(files):
+        for name, api in (("bench", TlsPatroniApi(server, ("patroni", "pw"), (3.0, 10.0), files)),
+                          ("plain", PatroniApi(server, auth=("patroni", "pw")))):
+            thread = threading.Thread(target=call, args=(name, api))
+            thread.start()
+            thread.join(timeout=30)
+    assert outcome["bench"] == 200, outcome
+    assert "CERTIFICATE_VERIFY_FAILED" in outcome["plain"], outcome
+    assert [s["path"] for s in _Handler.seen] == ["/switchover"]
+    assert _Handler.seen[0]["peer"]["subject"] == ((("commonName", "pgha lab"),),)
