@@ -261,6 +261,7 @@ FATAL_MARKERS = ("system ID mismatch", " CRITICAL: ", "but system ID is invalid"
 DCS_MARKERS = ("Failed to get list of machines", "waiting on etcd", "Error communicating with DCS",
                "DCS is not accessible", "No more machines in the cluster")
 NO_LEADER_MARKERS = ("waiting for leader to bootstrap",)
+BOOTSTRAP_FAILED_MARKERS = ("failed attempt to bootstrap the cluster", "Failed to bootstrap cluster")
 # How long a condition must last before a wait gives up on it: etcd elects a leader in
 # seconds, and a node without data waits for a leader another node is electing.
 GRACE = {"dcs": 30.0, "no_leader": 45.0}
@@ -471,14 +472,15 @@ class PatroniNodeProvider(HostProvider):
                 "patroni_version": status.get("patroni", {}).get("version", ""),
                 "system_identifier": sysid}
 
-    def _wait_for_leader(self, props: dict[str, Any], beside_bootstrap: bool) -> tuple[str, int] | None:
+    def _wait_for_leader(self, props: dict[str, Any], beside_bootstrap: bool, saw_bootstrap: bool = False
+                         ) -> tuple[str, int] | None:
         """(host, port) of the cluster's leader, waiting for one. With `beside_bootstrap`,
         None as soon as a bootstrap is under way: a node without data may start beside it,
         as only the bootstrapping host's patroni.yml lets Patroni race for a new cluster,
         and Patroni clones the leader as soon as it holds the leader key. A node never
         bootstraps a cluster itself: PatroniBootstrap decides that, for the whole cluster."""
         started = time.monotonic()
-        seen = {"bootstrap": False}
+        seen = {"bootstrap": saw_bootstrap}
         idle_since: list[float] = []  # since when no registered node runs the bootstrap
         cause: list[str] = []
 
@@ -575,27 +577,42 @@ class PatroniNodeProvider(HostProvider):
                 raise SshError(address, "check the node before starting Patroni", plan.reason)
             since = host_clock(ssh)
             changed = self._write_config(ssh, props)
+            beside = False  # started beside a bootstrap under way
             if host.active == "active":
                 if changed:
                     ssh.run("systemctl reload patroni", step="reload patroni")
                     time.sleep(1)
             else:
+                if plan.action == "clone" and props.get("bootstrap_leader") and not dcs.leader:
+                    self._stop_after_a_failed_bootstrap(ssh, props)
                 if plan.action == "clone":
                     if host.unit or host.config_scope is not None:
                         notify(address, f"{describe_data(host.data, props['data_dir'])}: rebuilding "
                                f"{props['name']} from the leader", warning=True)
                     leader = self._wait_for_leader(props, beside_bootstrap=True)
+                    beside = leader is None
                     if leader is not None:
                         self._wait_for_admission(ssh, props, leader)
                 ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
                         step="start patroni")
             if plan.action == "clone":
                 # Started beside a bootstrap (now or by an earlier `up`), it waits for the leader.
-                self._wait_for_leader(props, beside_bootstrap=False)
+                self._wait_for_leader(props, beside_bootstrap=False, saw_bootstrap=beside)
                 self._hurry_slot(props)
             status = self._wait_ready(ssh, props, timeout=900, since=since)
             sysid = self._system_identifier(ssh, props, status)
         return self._outs(props, status, sysid)
+
+    @staticmethod
+    def _stop_after_a_failed_bootstrap(ssh: Ssh, props: dict[str, Any]) -> None:
+        """The bootstrapping host without data, its Patroni down: when its last run failed
+        to bootstrap the cluster, say so now (with Patroni's lines) rather than wait for a
+        leader that nobody else may become."""
+        journal = _journal(ssh)
+        if any(marker in journal for marker in BOOTSTRAP_FAILED_MARKERS):
+            raise SshError(props["address"], "bootstrap the cluster",
+                           f"the bootstrap of cluster {props['scope']} on {props['name']} failed; fix its "
+                           f"cause and run `pulumi up` again. Patroni's last lines:\n{journal}")
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(id_=f"{props['scope']}/{props['name']}", outs=self._apply(props))
