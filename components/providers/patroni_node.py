@@ -583,8 +583,13 @@ class PatroniNodeProvider(HostProvider):
                     ssh.run("systemctl reload patroni", step="reload patroni")
                     time.sleep(1)
             else:
-                if plan.action == "clone" and props.get("bootstrap_leader") and not dcs.leader:
-                    self._stop_after_a_failed_bootstrap(ssh, props)
+                if (plan.action == "clone" and props.get("bootstrap_leader") and dcs.leader is None
+                        and dcs.initialize is None and self._last_bootstrap_failed(ssh)):
+                    # PatroniBootstrap returned once this host began the bootstrap, which then
+                    # failed: nobody else may bootstrap the cluster, so this node starts it again.
+                    notify(address, f"the last bootstrap of cluster {props['scope']} on {props['name']} "
+                           f"failed (Patroni's journal): bootstrapping it again")
+                    plan = NodePlan("start")
                 if plan.action == "clone":
                     if host.unit or host.config_scope is not None:
                         notify(address, f"{describe_data(host.data, props['data_dir'])}: rebuilding "
@@ -604,15 +609,11 @@ class PatroniNodeProvider(HostProvider):
         return self._outs(props, status, sysid)
 
     @staticmethod
-    def _stop_after_a_failed_bootstrap(ssh: Ssh, props: dict[str, Any]) -> None:
-        """The bootstrapping host without data, its Patroni down: when its last run failed
-        to bootstrap the cluster, say so now (with Patroni's lines) rather than wait for a
-        leader that nobody else may become."""
+    def _last_bootstrap_failed(ssh: Ssh) -> bool:
+        """Whether Patroni's last run on this host failed to bootstrap the cluster (it then
+        removed the initialize key and moved the data directory aside)."""
         journal = _journal(ssh)
-        if any(marker in journal for marker in BOOTSTRAP_FAILED_MARKERS):
-            raise SshError(props["address"], "bootstrap the cluster",
-                           f"the bootstrap of cluster {props['scope']} on {props['name']} failed; fix its "
-                           f"cause and run `pulumi up` again. Patroni's last lines:\n{journal}")
+        return any(marker in journal for marker in BOOTSTRAP_FAILED_MARKERS)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(id_=f"{props['scope']}/{props['name']}", outs=self._apply(props))
