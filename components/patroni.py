@@ -79,8 +79,7 @@ class PatroniClusterComponent(pulumi.ComponentResource):
 
         def node_props(host: Host) -> dict[str, Any]:
             return _with_key({"connection": specs.connection(host), **specs.patroni_node_spec(cfg, host),
-                              "bootstrap_leader": host.name == first.name, "secrets": patroni_secrets,
-                              **client}, secrets)
+                              "secrets": patroni_secrets, **client}, secrets)
 
         reader = FileReader(dry_run=pulumi.runtime.is_dry_run())
         for host in cfg.with_role("patroni"):
@@ -101,7 +100,7 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                                 pulumi.ResourceOptions(parent=self,
                                                        depends_on=[self.installs[host.name], *previous]))
                     for files in tls_file_sets(cfg, host) if files.service == "patroni"]
-        # A new cluster gets its leader (the first host) before any node's create begins;
+        # A new cluster's bootstrap begins on the first host before any node's create begins;
         # an existing one is left alone (see providers/patroni_bootstrap.py).
         self.bootstrap = PatroniBootstrap(
             f"{cfg.scope}-bootstrap", node_props(first),

@@ -181,6 +181,9 @@ def patroni_node_spec(cfg: ClusterConfig, host: Host) -> dict[str, Any]:
         "namespace": cfg.namespace,
         "name": host.name,
         "address": host.address,
+        # The host a new (or lost) cluster is bootstrapped on: only its patroni.yml has a
+        # bootstrap section (see providers/patroni_bootstrap.py).
+        "bootstrap_leader": host.name == cfg.with_role("patroni")[0].name,
         "restapi_port": cfg.patroni.restapi_port,
         "restapi_username": RESTAPI_USERNAME,
         "etcd_hosts": etcd_client_endpoints(cfg),

@@ -1,10 +1,14 @@
 """PatroniBootstrap: start the first host's Patroni once, when the cluster does not exist yet.
 
 The runbook starts Patroni on one node, waits for it to lead, then starts the others.
-Every PatroniNode depends on this resource, so a new cluster has its leader before any
-replica's create begins. That matters because the dynamic provider runs only 4
-operations at once: replicas whose creates started first would hold every slot while
-waiting for a leader that could then never start.
+pgha starts the others sooner, while the first one bootstraps: this resource returns as
+soon as the first host's Patroni holds the new cluster's initialize key. Only that host's
+patroni.yml has a `bootstrap` section, so no other node can race for the cluster; each
+waits for the leader key and clones the leader at once (Patroni watches that key), and
+the first host's PatroniNode waits for its leader. Every PatroniNode depends on this
+resource because the dynamic provider runs only 4 operations at once: replicas whose
+creates started first would hold every slot while waiting for a bootstrap that could then
+never start.
 
 It is also where the cluster as a whole is found lost: a refresh looks at the DCS (a
 leader, registered members, the system identifier), and when no cluster runs, the next
@@ -38,7 +42,7 @@ from components.providers.patroni_node import (
     wait_for_dcs,
 )
 from components.specs import HBA_REPLICATION
-from components.transport.rest import RestError
+from components.transport.rest import EtcdGateway, RestError
 from components.transport.ssh import Ssh, SshError, SshTarget, notify
 
 UNREACHABLE = "unreachable: "  # a node's data could not be looked at: "unreachable: <why>"
@@ -102,8 +106,10 @@ def _plan_bootstrap(scope: str, first: str, dcs: DcsView, data: dict[str, str], 
     the cluster's data, and never over data of another system: an empty cluster on top of
     the only copy of some data would hide it.
     """
-    if dcs.leader or dcs.members:
+    if dcs.leader or (dcs.members and dcs.initialize is not None):
         return BootstrapPlan("running")
+    # Members without an initialize key: nodes started beside a bootstrap that failed
+    # (Patroni removes the key then); they wait for a leader, so the data decides below.
     cluster = dcs.system_identifier or recorded
     unknown = {n: d for n, d in sorted(data.items())
                if d.startswith(UNREACHABLE) or d in (DATA_UNREADABLE, DATA_OTHER)}
@@ -206,16 +212,36 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
                 gateway.delete_prefix(dcs_prefix(props))
                 gateway.delete_prefix(pgha_prefix(props["scope"]))
             if plan.action in ("start_first", "rebuild"):
+                bootstrapped = not has_data(found.get(props["name"], ""))
                 with self.ssh(props) as ssh:
                     since = host_clock(ssh)
                     self._write_config(ssh, props)
                     ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
                             step="start patroni on the first host")
-                    status = self._wait_ready(ssh, props, timeout=900, since=since)
-                    sysid = self._system_identifier(ssh, props, status)
-                bootstrapped = not has_data(found.get(props["name"], ""))
+                    if bootstrapped:
+                        # The other nodes start beside the bootstrap (see the module doc);
+                        # the first host's node waits for its leader.
+                        self._wait_bootstrap_begun(ssh, props, gateway, since)
+                    else:
+                        status = self._wait_ready(ssh, props, timeout=900, since=since)
+                        sysid = self._system_identifier(ssh, props, status)
+        # A bootstrap under way has no identifier yet: the next refresh records it.
         return {**public(props), "bootstrapped": bootstrapped, "cluster_running": True,
-                "system_identifier": sysid or recorded, "drift": ""}
+                "system_identifier": sysid or ("" if bootstrapped else recorded), "drift": ""}
+
+    def _wait_bootstrap_begun(self, ssh: Ssh, props: dict[str, Any], gateway: EtcdGateway,
+                              since: int) -> None:
+        """Until the first host's Patroni holds the new cluster's initialize key (or leads
+        already): from then on no other node can bootstrap it, and they may start."""
+        last: list[DcsView] = []
+
+        def begun() -> bool:
+            last[:] = [DcsView.read(gateway, props)]
+            return last[0].initialize is not None or bool(last[0].leader)
+
+        self._watch_start(ssh, props, begun, timeout=120, since=since,
+                          what=f"Patroni on {props['name']} to begin bootstrapping cluster {props['scope']}",
+                          status=lambda: last[0].describe(props["scope"]) if last else "")
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(id_=f"{props['scope']}/bootstrap", outs=self._ensure_cluster(props))
@@ -245,6 +271,9 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
                 dcs = None
         running, drift = observe_cluster(props["scope"], dcs, props.get("system_identifier") or "", endpoints)
         outs.update(cluster_running=running, drift=drift)
+        if running and dcs is not None and not props.get("system_identifier"):
+            # `up` returned while the cluster bootstrapped, before it had its identifier.
+            outs["system_identifier"] = dcs.system_identifier
         if drift:
             notify(props["scope"], f"Patroni cluster: {drift}", warning=True)
         return ReadResult(id_=id_, outs=outs)

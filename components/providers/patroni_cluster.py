@@ -57,10 +57,17 @@ class DcsView:
     def system_identifier(self) -> str:
         return self.initialize if is_system_identifier(self.initialize) else ""
 
+    @property
+    def bootstrapping(self) -> bool:
+        """A node won the race for the initialize key and bootstraps the cluster now."""
+        return self.leader is None and self.initialize == ""
+
     def describe(self, scope: str) -> str:
         system = f"system {self.system_identifier}" if self.system_identifier else "no system identifier"
         if self.leader:
             return f"cluster {scope} ({system}) is led by {self.leader}"
+        if self.bootstrapping:
+            return f"cluster {scope} is being bootstrapped (no leader yet)"
         if self.members:
             return f"cluster {scope} ({system}) has no leader; registered: {', '.join(self.members)}"
         if self.initialize is not None:

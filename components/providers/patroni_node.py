@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
@@ -85,6 +86,25 @@ def _member_key(props: dict[str, Any]) -> str:
 def dcs_gateway(props: dict[str, Any]) -> EtcdGateway | None:
     """A healthy etcd member of the cluster this node uses as its DCS."""
     return first_healthy(etcd_urls(props))
+
+
+def member_states(gateway: EtcdGateway, props: dict[str, Any], dcs: DcsView) -> dict[str, str]:
+    """{member: PostgreSQL state} as each registered member last wrote it to the DCS."""
+    states = {}
+    for name in dcs.members:
+        try:
+            states[name] = str(json.loads(gateway.get(f"{dcs_prefix(props)}members/{name}") or "{}")
+                               .get("state", ""))
+        except ValueError:
+            states[name] = ""
+    return states
+
+
+def bootstrap_running(states: dict[str, str]) -> bool:
+    """Whether some registered member runs the cluster's bootstrap: nodes waiting beside it
+    have not started PostgreSQL ("stopped"); the bootstrapping one initializes, restores or
+    starts it."""
+    return any(state not in ("", "stopped") for state in states.values())
 
 
 def leader_member(gateway: EtcdGateway, props: dict[str, Any]) -> dict[str, Any] | None:
@@ -223,6 +243,9 @@ def plan_node(props: dict[str, Any], host: NodeOnHost, dcs: DcsView) -> NodePlan
                                 f"patroni.yml and data directory), then run `pulumi up` again")
     if not has_data(host.data):
         return NodePlan("clone")
+    if dcs.bootstrapping and host.active == "active" and not is_system_identifier(host.data):
+        # The first host's Patroni runs initdb (or a restore) into this very directory.
+        return NodePlan("start", f"Patroni on {name} is bootstrapping cluster {scope}")
     expected = dcs.system_identifier or props.get("system_identifier") or ""
     source = ("the DCS" if dcs.system_identifier else "the state") if expected else ""
     if is_system_identifier(host.data) and (not expected or host.data == expected):
@@ -247,6 +270,7 @@ FATAL_MARKERS = ("system ID mismatch", " CRITICAL: ", "but system ID is invalid"
 DCS_MARKERS = ("Failed to get list of machines", "waiting on etcd", "Error communicating with DCS",
                "DCS is not accessible", "No more machines in the cluster")
 NO_LEADER_MARKERS = ("waiting for leader to bootstrap",)
+BOOTSTRAP_FAILED_MARKERS = ("failed attempt to bootstrap the cluster", "Failed to bootstrap cluster")
 # How long a condition must last before a wait gives up on it: etcd elects a leader in
 # seconds, and a node without data waits for a leader another node is electing.
 GRACE = {"dcs": 30.0, "no_leader": 45.0}
@@ -311,8 +335,16 @@ class StartWatch:
                 f"node leads cluster, and this one may not bootstrap it: {line}")
 
 
-def no_leader_cause(dcs: DcsView | None, waited: float, props: dict[str, Any]) -> str | None:
-    """Why a node without data, waiting for a leader to clone from, will not get one."""
+def no_leader_cause(dcs: DcsView | None, waited: float, props: dict[str, Any],
+                    saw_bootstrap: bool = False, bootstrap_idle: float = 0.0) -> str | None:
+    """Why a node without data, waiting for a leader to clone from, will not get one.
+
+    A bootstrap under way (the initialize key taken, no leader yet) is progress however
+    long it takes (a restore may take hours) while a registered node runs it;
+    `bootstrap_idle`: for how long no registered node has (every member "stopped": the
+    bootstrapping host went down). `saw_bootstrap`: this wait saw one, so its key gone
+    without a leader means that bootstrap failed.
+    """
     name, scope = props["name"], props["scope"]
     if dcs is None:
         if waited < GRACE["dcs"]:
@@ -320,12 +352,25 @@ def no_leader_cause(dcs: DcsView | None, waited: float, props: dict[str, Any]) -
         return f"no healthy etcd among {', '.join(props['etcd_hosts'])} for {waited:.0f}s"
     if dcs.leader:
         return None
+    if dcs.bootstrapping:
+        if bootstrap_idle < GRACE["no_leader"]:
+            return None
+        return (f"{dcs.describe(scope)}, but no registered node has run that bootstrap for "
+                f"{bootstrap_idle:.0f}s: the host bootstrapping it is down or its Patroni stopped. Its "
+                f"Patroni journal says why; the initialize key it left blocks a new bootstrap until removed "
+                f"(`patronictl -c /etc/patroni/patroni.yml remove {scope}` on a node)")
+    if saw_bootstrap and dcs.initialize is None:
+        return (f"the bootstrap of cluster {scope} failed: Patroni removed its initialize key, and no node "
+                f"leads. The first host's Patroni journal says why")
     if not dcs.members and waited >= GRACE["no_leader"]:
         return (f"{dcs.describe(scope)}: no node runs that could lead, so {name} (no data) has nothing "
                 f"to replicate from")
     if dcs.members and waited >= 2 * GRACE["no_leader"]:
         return f"{dcs.describe(scope)}, for {waited:.0f}s"
     return None
+
+
+BOOTSTRAPPING = "bootstrapping"  # _wait_for_leader: a bootstrap is under way, no leader yet
 
 
 def host_clock(ssh: Ssh) -> int:
@@ -377,9 +422,7 @@ class PatroniNodeProvider(HostProvider):
                     ) -> dict[str, Any]:
         """Until Patroni runs as leader or streaming replica; stops as soon as the unit or
         its journal (since `since`, the host's clock) shows why it cannot (StartWatch)."""
-        node, address = api(props), props["address"]
-        watch = StartWatch(props["name"])
-        since = host_clock(ssh) if since is None else since
+        node = api(props)
         last: dict[str, Any] = {}
 
         def ready() -> dict[str, Any] | None:
@@ -390,12 +433,6 @@ class PatroniNodeProvider(HostProvider):
                 return ready_status_of(status, holds_leader_lock=node.health_status("/leader") == 200)
             return ready_status_of(status)
 
-        def blocked() -> str | None:
-            active = ssh.run("systemctl is-active patroni", step="check patroni", check=False).stdout.strip()
-            journal = ssh.run(f"journalctl -u patroni --since @{since} --no-pager -o cat | tail -n 200",
-                              step="read patroni's journal", check=False).stdout.splitlines()
-            return watch.verdict(time.monotonic(), active, journal)
-
         def status() -> str:
             if not last:
                 return "Patroni's REST API does not answer yet"
@@ -404,14 +441,29 @@ class PatroniNodeProvider(HostProvider):
             return (f"Patroni: PostgreSQL {last.get('state')}, role {last.get('role')}{lock}"
                     + (f", replication {last['replication_state']}" if last.get("replication_state") else ""))
 
+        return self._watch_start(ssh, props, ready, timeout, since, status=status,
+                                 what=f"Patroni on {props['name']} running as leader or streaming replica")
+
+    def _watch_start(self, ssh: Ssh, props: dict[str, Any], ready: Callable[[], Any], timeout: float,
+                     since: int | None, what: str, status: Callable[[], str]) -> Any:
+        """wait_for(ready) on a Patroni just started, stopping as soon as its unit or journal
+        (since `since`, the host's clock) shows why it cannot get there (StartWatch)."""
+        watch = StartWatch(props["name"])
+        since = host_clock(ssh) if since is None else since
+
+        def blocked() -> str | None:
+            active = ssh.run("systemctl is-active patroni", step="check patroni", check=False).stdout.strip()
+            journal = ssh.run(f"journalctl -u patroni --since @{since} --no-pager -o cat | tail -n 200",
+                              step="read patroni's journal", check=False).stdout.splitlines()
+            return watch.verdict(time.monotonic(), active, journal)
+
         try:
-            return wait_for(ready, timeout=timeout, interval=0.25,
-                            what=f"Patroni on {props['name']} running as leader or streaming replica",
-                            host=address, blocked=blocked, status=status)
+            return wait_for(ready, timeout=timeout, interval=0.25, what=what, host=props["address"],
+                            blocked=blocked, status=status)
         except WaitFailed as err:
             if err.cause:
-                raise SshError(address, "start Patroni", err.cause) from err
-            raise SshError(address, err.step, f"{err}\npatroni journal:\n{_journal(ssh)}") from err
+                raise SshError(props["address"], "start Patroni", err.cause) from err
+            raise SshError(props["address"], err.step, f"{err}\npatroni journal:\n{_journal(ssh)}") from err
 
     @staticmethod
     def _system_identifier(ssh: Ssh, props: dict[str, Any], status: dict[str, Any]) -> str:
@@ -429,40 +481,61 @@ class PatroniNodeProvider(HostProvider):
                 "patroni_version": status.get("patroni", {}).get("version", ""),
                 "system_identifier": sysid}
 
-    def _existing_leader(self, props: dict[str, Any]) -> tuple[str, int] | None:
-        """(host, port) of the running cluster's leader, from the DCS; None before bootstrap."""
-        gateway = dcs_gateway(props)
-        if gateway is None:
-            raise SshError(props["address"], "read the DCS", "no healthy etcd member")
-        member = leader_member(gateway, props)
-        if member is None:
-            return None
-        url = urlparse(member.get("conn_url", ""))
-        return (url.hostname, url.port or 5432) if url.hostname else None
-
-    def _wait_for_admission(self, ssh: Ssh, props: dict[str, Any]) -> None:
-        """A node without data starts only once there is a leader to clone from, and the
-        leader's pg_hba admits its replication connection (the existing nodes reload their
-        pg_hba in the same `up`). It never bootstraps a cluster itself: PatroniBootstrap
-        decides that, for the whole cluster."""
+    def _wait_for_leader(self, props: dict[str, Any], beside_bootstrap: bool, saw_bootstrap: bool = False
+                         ) -> tuple[str, int] | None:
+        """(host, port) of the cluster's leader, waiting for one. With `beside_bootstrap`,
+        None as soon as a bootstrap is under way: a node without data may start beside it,
+        as only the bootstrapping host's patroni.yml lets Patroni race for a new cluster,
+        and Patroni clones the leader as soon as it holds the leader key. A node never
+        bootstraps a cluster itself: PatroniBootstrap decides that, for the whole cluster."""
         started = time.monotonic()
+        seen = {"bootstrap": saw_bootstrap}
+        idle_since: list[float] = []  # since when no registered node runs the bootstrap
+        cause: list[str] = []
 
-        def no_leader() -> str | None:
+        def look() -> tuple[str, int] | str | None:
+            cause.clear()
             gateway = dcs_gateway(props)
             dcs = DcsView.read(gateway, props) if gateway is not None else None
-            return no_leader_cause(dcs, time.monotonic() - started, props)
+            if gateway is not None and dcs is not None and dcs.leader:
+                url = urlparse((leader_member(gateway, props) or {}).get("conn_url", ""))
+                if url.hostname:
+                    return url.hostname, url.port or 5432
+            now = time.monotonic()
+            if gateway is not None and dcs is not None and dcs.bootstrapping:
+                seen["bootstrap"] = True
+                if beside_bootstrap:
+                    return BOOTSTRAPPING
+                if bootstrap_running(member_states(gateway, props, dcs)):
+                    idle_since.clear()
+                elif not idle_since:
+                    idle_since.append(now)
+            why = no_leader_cause(dcs, now - started, props, seen["bootstrap"],
+                                  now - idle_since[0] if idle_since else 0.0)
+            if why:
+                cause.append(why)
+            return None
 
         try:
-            host, port = wait_for(lambda: self._existing_leader(props), timeout=600, interval=0.5,
-                                  what="a cluster leader to replicate from", host=props["address"],
-                                  blocked=no_leader)
+            found = wait_for(look, timeout=900, interval=0.5, host=props["address"],
+                             what=("a cluster leader to replicate from, or its bootstrap under way"
+                                   if beside_bootstrap else "a cluster leader to replicate from"),
+                             blocked=lambda: cause[0] if cause else None)
         except WaitFailed as err:
             if not err.cause:
                 raise
+            if seen["bootstrap"]:
+                raise SshError(props["address"], "wait for the cluster's bootstrap", err.cause) from err
             raise SshError(props["address"], "wait for a leader to replicate from",
                            f"{err.cause}. Bring back a node that holds the cluster's data (`pulumi refresh` "
                            f"shows each node's state), or, if no node holds it any more, run `pulumi up "
                            f"--refresh`: it bootstraps the cluster anew when no node has data") from err
+        return None if found == BOOTSTRAPPING else found
+
+    def _wait_for_admission(self, ssh: Ssh, props: dict[str, Any], leader: tuple[str, int]) -> None:
+        """Until the running leader's pg_hba admits this node's replication connection (the
+        existing nodes reload their pg_hba in the same `up`)."""
+        host, port = leader
         psql = (f"{shlex.quote(props['bin_dir'])}/psql -X -At -c 'IDENTIFY_SYSTEM' "
                 f"'host={host} port={port} user={props['users']['replication']} "
                 f"dbname=postgres replication=true connect_timeout=5'")
@@ -513,23 +586,43 @@ class PatroniNodeProvider(HostProvider):
                 raise SshError(address, "check the node before starting Patroni", plan.reason)
             since = host_clock(ssh)
             changed = self._write_config(ssh, props)
+            beside = False  # started beside a bootstrap under way
             if host.active == "active":
                 if changed:
                     ssh.run("systemctl reload patroni", step="reload patroni")
                     time.sleep(1)
             else:
+                if (plan.action == "clone" and props.get("bootstrap_leader") and dcs.leader is None
+                        and dcs.initialize is None and self._last_bootstrap_failed(ssh)):
+                    # PatroniBootstrap returned once this host began the bootstrap, which then
+                    # failed: nobody else may bootstrap the cluster, so this node starts it again.
+                    notify(address, f"the last bootstrap of cluster {props['scope']} on {props['name']} "
+                           f"failed (Patroni's journal): bootstrapping it again")
+                    plan = NodePlan("start")
                 if plan.action == "clone":
                     if host.unit or host.config_scope is not None:
                         notify(address, f"{describe_data(host.data, props['data_dir'])}: rebuilding "
                                f"{props['name']} from the leader", warning=True)
-                    self._wait_for_admission(ssh, props)
+                    leader = self._wait_for_leader(props, beside_bootstrap=True)
+                    beside = leader is None
+                    if leader is not None:
+                        self._wait_for_admission(ssh, props, leader)
                 ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
                         step="start patroni")
-                if plan.action == "clone":
-                    self._hurry_slot(props)
+            if plan.action == "clone":
+                # Started beside a bootstrap (now or by an earlier `up`), it waits for the leader.
+                self._wait_for_leader(props, beside_bootstrap=False, saw_bootstrap=beside)
+                self._hurry_slot(props)
             status = self._wait_ready(ssh, props, timeout=900, since=since)
             sysid = self._system_identifier(ssh, props, status)
         return self._outs(props, status, sysid)
+
+    @staticmethod
+    def _last_bootstrap_failed(ssh: Ssh) -> bool:
+        """Whether Patroni's last run on this host failed to bootstrap the cluster (it then
+        removed the initialize key and moved the data directory aside)."""
+        journal = _journal(ssh)
+        return any(marker in journal for marker in BOOTSTRAP_FAILED_MARKERS)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(id_=f"{props['scope']}/{props['name']}", outs=self._apply(props))

@@ -265,7 +265,10 @@ def test_patroni_yml_replicas_from_the_repository() -> None:
     assert pg["pgbackrest"] == {"command": "/usr/bin/pgbackrest --stanza=pgha-lab --delta restore",
                                 "keep_data": True, "no_params": True}
     assert pg["basebackup"] == [{"checkpoint": "fast"}]
-    assert "method" not in doc["bootstrap"]
+    assert "bootstrap" not in doc  # a replica never bootstraps
+    first = render.patroni_yml(specs.patroni_node_spec(cfg, cfg.with_role("patroni")[0]),
+                               {"superuser": "a", "replication": "b", "rewind": "c", "restapi": "d"})
+    assert "method" not in yaml.safe_load(first)["bootstrap"]
 
 
 @pytest.mark.parametrize(("target", "args", "recovery"), [

@@ -44,6 +44,7 @@ from components.providers.patroni_node import (
     NodeOnHost,
     PatroniNodeProvider,
     StartWatch,
+    bootstrap_running,
     journal_verdict,
     no_leader_cause,
     observe_node,
@@ -321,6 +322,62 @@ def test_waiting_for_a_leader_that_no_node_can_become() -> None:
     assert "no healthy etcd" in (no_leader_cause(None, GRACE["dcs"], props) or "")
 
 
+BOOTSTRAPPING = DcsView(initialize="", leader=None, members=("pg1", "pg2", "pg3"))
+
+
+def test_a_bootstrap_under_way_is_progress_however_long() -> None:
+    """Nodes started beside the first host's bootstrap wait for it (a restore may take hours)."""
+    assert BOOTSTRAPPING.bootstrapping and not LED.bootstrapping
+    assert not DcsView(initialize=None, leader=None, members=()).bootstrapping
+    assert no_leader_cause(BOOTSTRAPPING, 10 * GRACE["no_leader"], _node("pg3"), saw_bootstrap=True) is None
+    assert "being bootstrapped" in BOOTSTRAPPING.describe("pgha-lab")
+
+
+def test_a_bootstrap_nobody_runs_any_more_ends_the_wait_after_its_grace() -> None:
+    """The bootstrapping host lost power: its member key expires, the initialize key stays."""
+    assert bootstrap_running({"pg1": "initializing new cluster", "pg2": "stopped"})
+    assert bootstrap_running({"pg1": "running custom bootstrap script"})
+    assert not bootstrap_running({"pg2": "stopped", "pg3": "stopped"})
+    assert not bootstrap_running({})
+    props = _node("pg3")
+    assert no_leader_cause(BOOTSTRAPPING, 300, props, True, GRACE["no_leader"] - 1) is None
+    cause = no_leader_cause(BOOTSTRAPPING, 300, props, True, GRACE["no_leader"]) or ""
+    assert "no registered node has run that bootstrap for 45s" in cause
+    assert "patronictl -c /etc/patroni/patroni.yml remove pgha-lab" in cause
+
+
+def test_a_failed_bootstrap_ends_the_wait_of_the_nodes_beside_it_at_once() -> None:
+    """Patroni removes the initialize key when its bootstrap fails: without a leader that is final."""
+    failed = DcsView(initialize=None, leader=None, members=("pg2", "pg3"))
+    cause = no_leader_cause(failed, 1, _node("pg3"), saw_bootstrap=True) or ""
+    assert "the bootstrap of cluster pgha-lab failed" in cause and "journal" in cause
+    # Not having seen one, the same view is a wait within the grace (a bootstrap about to begin).
+    assert no_leader_cause(failed, 1, _node("pg3")) is None
+
+
+def test_the_first_host_mid_initdb_is_waited_for_not_refused() -> None:
+    """While its own Patroni runs initdb into the data directory, the first host's node waits."""
+    for data in (DATA_OTHER, "unreadable"):
+        mid = plan_node(_node("pg1"), NodeOnHost(True, "pgha-lab", "active", data), BOOTSTRAPPING)
+        assert mid.action == "start" and "bootstrapping cluster pgha-lab" in mid.reason
+        # Patroni not running: nobody is bootstrapping into it, so it is refused as before.
+        assert plan_node(_node("pg1"), NodeOnHost(True, "pgha-lab", "inactive", data),
+                         BOOTSTRAPPING).action == "stop"
+    assert plan_node(_node("pg2"), NodeOnHost(True, "pgha-lab", "active", DATA_ABSENT),
+                     BOOTSTRAPPING).action == "clone"
+
+
+def test_only_the_first_host_may_bootstrap() -> None:
+    """Only the first host's patroni.yml has the section Patroni needs to race for a new cluster."""
+    cfg = _cfg()
+    first, *others = cfg.with_role("patroni")
+    assert specs.patroni_node_spec(cfg, first)["bootstrap_leader"] is True
+    for host in others:
+        assert specs.patroni_node_spec(cfg, host)["bootstrap_leader"] is False
+        assert "\nbootstrap:" not in render.patroni_yml(_node(host.name), _node(host.name)["secrets"])
+    assert "\nbootstrap:" in render.patroni_yml(_node(first.name), _node(first.name)["secrets"])
+
+
 def test_wait_for_stops_at_once_with_a_visible_cause() -> None:
     with pytest.raises(WaitFailed) as err:
         wait_for(lambda: False, timeout=60, interval=0.01, what="the impossible", host="pg1",
@@ -359,6 +416,15 @@ def test_the_first_hosts_inputs_name_every_node() -> None:
 
 def test_a_running_cluster_is_left_alone() -> None:
     assert plan_bootstrap("pgha-lab", "pg1", LED, {}).action == "running"
+
+
+def test_nodes_left_waiting_by_a_failed_bootstrap_do_not_count_as_running() -> None:
+    """A bootstrap that failed leaves the nodes started beside it registered, with no
+    initialize key: the next `up` bootstraps again on the first host."""
+    waiting = DcsView(initialize=None, leader=None, members=("pg2", "pg3"))
+    plan = plan_bootstrap("pgha-lab", "pg1", waiting, dict.fromkeys(NODES, DATA_ABSENT))
+    assert plan.action == "start_first"
+    assert plan_bootstrap("pgha-lab", "pg1", BOOTSTRAPPING, {}).action == "running"
 
 
 def test_a_first_deploy_bootstraps_on_the_first_host() -> None:
