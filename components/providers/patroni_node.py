@@ -590,6 +590,7 @@ class PatroniNodeProvider(HostProvider):
             if host.active == "active":
                 if changed:
                     ssh.run("systemctl reload patroni", step="reload patroni")
+                    self._wake(props)
                     time.sleep(1)
             else:
                 if (plan.action == "clone" and props.get("bootstrap_leader") and dcs.leader is None
@@ -616,6 +617,16 @@ class PatroniNodeProvider(HostProvider):
             status = self._wait_ready(ssh, props, timeout=900, since=since)
             sysid = self._system_identifier(ssh, props, status)
         return self._outs(props, status, sysid)
+
+    @staticmethod
+    def _wake(props: dict[str, Any]) -> None:
+        """Patroni applies a reload at the top of its next HA loop, up to loop_wait away: run
+        it now, so that what `up` reports done is in effect (best effort: at worst it takes
+        effect within loop_wait)."""
+        try:
+            api(props).wake()
+        except RestError:
+            pass
 
     @staticmethod
     def _last_bootstrap_failed(ssh: Ssh) -> bool:
