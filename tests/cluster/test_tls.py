@@ -223,7 +223,19 @@ def test_renewal_is_applied_host_by_host_without_a_restart(stack: TlsStack) -> N
     assert renewed <= set(replaced), changes
     assert {"pgha-lab-patroni-tls-pg1", "pgha-lab-etcd-tls-pg3"} <= set(changes.get("update", {})), changes
     assert not any(n.startswith("pgha-lab-node-") for n in changes.get("update", {})), changes
-    stack.project.run("up", "--yes", "--skip-preview")
+    load = WriteLoad(*PRIMARY, stack.password)
+    load.prepare("pgha_tls_renewal")
+    load.start()
+    try:
+        load.assert_progressing()
+        stack.project.run("up", "--yes", "--skip-preview")
+        load.reset_counters()
+        load.assert_progressing()
+    finally:
+        load.stop()
+    assert load.missing() == [], "acknowledged writes lost"
+    print(f"\nrenewal under writes: {len(load.acknowledged)} writes acknowledged, longest gap "
+          f"{load.longest_window():.2f}s, {len(load.failures)} failed attempts")
     after = _host_certs(stack)
     assert all(after[k] != before[k] for k in before), "every host certificate renewed"
     served = {k: wait_until(lambda k=k: _served(stack, *k) == after[k] or None, 30, f"{k} serves the new one")
