@@ -29,6 +29,7 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from components import specs
+from components.certificates import ClusterCertificates
 from components.command_connection import FileReader
 from components.config import BACKUP_SECRET, S3_SECRET, ClusterConfig
 from components.providers.backup_hosts import (
@@ -40,6 +41,7 @@ from components.providers.backup_restore import BackupRestoreProvider
 from components.providers.backup_stanza import BackupStanzaProvider
 from components.resources import GeneratedPassword
 from components.secrets import ClusterSecrets
+from components.tls_plan import tls_file_sets
 
 SECRET_OUTPUTS = ["secrets", "ssh_private_key"]
 
@@ -196,15 +198,23 @@ class Backup(pulumi.ComponentResource):
         return props
 
     def add_stanza(self, after: list[pulumi.Resource],
-                   tls_client: pulumi.Output[dict[str, str]] | None = None) -> BackupStanza:
-        """The stanza, its checks and timers, once the cluster runs with archive_mode on.
-        `tls_client`: pgha's client identity for its Patroni calls (pgha:tls)."""
-        client = {"tls_client": tls_client} if tls_client is not None else {}
+                   tls: ClusterCertificates | None = None) -> BackupStanza:
+        """The stanza, its checks and timers, once the cluster runs with archive_mode on. With
+        pgha:tls, pgha's calls to Patroni show its client identity, and a repository host gets the
+        files its backup script's curl needs (tls_plan.backup_host_tls) before the script."""
+        cfg = self.cfg
+        client = {"tls_client": tls.client_tls()} if tls is not None else {}
+        files: list[pulumi.Resource] = []
+        if tls is not None and not cfg.backup.on_nodes:
+            host = specs.backup_host(cfg)
+            files = [tls.deliver(f"{cfg.scope}-backup-tls-{host.name}", host, file_set,
+                                 self.repo_connection, self.secrets.ssh_private_key,
+                                 pulumi.ResourceOptions(parent=self, depends_on=[self.repository]))
+                     for file_set in tls_file_sets(cfg, host) if file_set.service == "pgbackrest"]
         self.stanza = BackupStanza(
-            f"{self.cfg.scope}-backup-stanza",
-            self._with_key({"connection": self.repo_connection, **specs.backup_stanza_spec(self.cfg),
-                            **client}),
-            pulumi.ResourceOptions(parent=self, depends_on=[*self.prerequisites, *after]))
+            f"{cfg.scope}-backup-stanza",
+            self._with_key({"connection": self.repo_connection, **specs.backup_stanza_spec(cfg), **client}),
+            pulumi.ResourceOptions(parent=self, depends_on=[*self.prerequisites, *after, *files]))
         self.status = self.stanza.status
         self.register_outputs({"status": self.status})
         return self.stanza

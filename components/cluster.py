@@ -37,8 +37,7 @@ class PostgresHaCluster(pulumi.ComponentResource):
                                                etcd_members + before_patroni, self.etcd.guard, child,
                                                self.tls)
         if self.backup is not None:
-            self.backup.add_stanza([self.patroni.dynamic_config],
-                                   self.tls.client_tls() if self.tls is not None else None)
+            self.backup.add_stanza([self.patroni.dynamic_config], self.tls)
         self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets, self.patroni.leader_ready, child,
                                self.tls)
         self.register_outputs({

@@ -656,6 +656,11 @@ class S3Repository:
     verify_tls: bool
 
 
+# The repository host's pgBackRest user (Debian's package makes it): it owns the repository,
+# the cipher passphrase's file and, with pgha:tls, the CA and certificate its backup script uses.
+BACKUP_USER = "pgbackrest"
+
+
 @dataclass(frozen=True)
 class BackupSettings:
     """pgBackRest: with a dedicated repository host (the host with the `backup` role), or, with

@@ -12,7 +12,7 @@ import shlex
 from typing import Any
 
 from components import pg_params, tls_plan
-from components.config import ClusterConfig, Host, SshSettings
+from components.config import BACKUP_USER, ClusterConfig, Host, SshSettings
 from components.install_steps import InstallPlan
 
 RESTAPI_USERNAME = "patroni"
@@ -299,7 +299,6 @@ def leader_spec(cfg: ClusterConfig) -> dict[str, Any]:
 # --- Backups and point-in-time recovery (pgBackRest, pgha:backup / pgha:restore) ---------------
 
 PGBACKREST = "/usr/bin/pgbackrest"
-BACKUP_USER = "pgbackrest"
 SOCKET_DIR = "/var/run/postgresql"
 
 
@@ -468,12 +467,14 @@ def backup_stanza_spec(cfg: ClusterConfig) -> dict[str, Any]:
 
 
 def _backup_tls(cfg: ClusterConfig) -> dict[str, str] | None:
-    """pgha:tls in the nodes layout: the backup script asks its own node's Patroni over https
-    with the node's CA, certificate and key (it runs as postgres, who owns them). None otherwise:
-    a repository host holds no certificate (its check for a standby then fails and the backup
-    is taken from the primary)."""
+    """pgha:tls: what the backup script's curl to Patroni's REST API verifies and shows. In the
+    nodes layout, its own node's CA, certificate and key (it runs as postgres, who owns them); on
+    a repository host, the CA bundle of its own files, with a certificate of its own when Patroni
+    requires one on every request (tls_plan.backup_host_tls)."""
+    if cfg.backup is None or not cfg.backup.on_nodes:
+        return tls_plan.backup_host_tls(cfg)
     node_tls = tls_plan.patroni_tls(cfg)
-    if node_tls is None or cfg.backup is None or not cfg.backup.on_nodes:
+    if node_tls is None:
         return None
     return {k: node_tls[k] for k in ("ca_file", "cert_file", "key_file")}
 

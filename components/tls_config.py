@@ -89,8 +89,9 @@ class TlsSettings:
 
 def certificate_hosts(hosts: tuple[Host, ...], verify_client: str) -> tuple[Host, ...]:
     """The hosts that need a certificate of their own: etcd and Patroni hosts (servers), and the
-    balancers when Patroni requires a client certificate on every request (HAProxy's checks)."""
-    roles = {"etcd", "patroni", *(("haproxy",) if verify_client == "required" else ())}
+    balancers and the repository host when Patroni requires a client certificate on every request
+    (HAProxy's checks, the backup script's look for a healthy standby)."""
+    roles = {"etcd", "patroni", *(("haproxy", "backup") if verify_client == "required" else ())}
     return tuple(h for h in hosts if roles & set(h.roles))
 
 

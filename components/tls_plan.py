@@ -23,7 +23,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from components import tls
-from components.config import ClusterConfig, Host
+from components.config import BACKUP_USER, ClusterConfig, Host
 from components.tls import CertificateInfo, CertificateRequest
 from components.tls_config import TlsSettings, certificate_hosts
 
@@ -102,6 +102,12 @@ def planned_certificates(cfg: ClusterConfig) -> dict[str, PlannedCertificate]:
             plan[f"{host.name}-haproxy"] = PlannedCertificate(
                 f"{host.name}-haproxy", host.name, "haproxy",
                 CertificateRequest(common_name=f"{host.name}-haproxy", dns_names=(host.name,),
+                                   ip_addresses=(host.address,), client=True,
+                                   validity_days=tls.validity_days))
+        if "backup" in host.roles and tls.restapi_verify_client == "required":
+            plan[f"{host.name}-pgbackrest"] = PlannedCertificate(
+                f"{host.name}-pgbackrest", host.name, BACKUP_USER,
+                CertificateRequest(common_name=f"{host.name}-pgbackrest", dns_names=(host.name,),
                                    ip_addresses=(host.address,), client=True,
                                    validity_days=tls.validity_days))
     plan[CLIENT] = PlannedCertificate(CLIENT, None, None, CertificateRequest(
@@ -216,6 +222,7 @@ def supplied_certificate_problems(host: Host | None, cert_pem: str, key_pem: str
 
 ETCD_TLS_DIR = "/etc/etcd/pgha-tls"  # 0700 etcd: ca.crt, server.crt, server.key (0600 etcd)
 HAPROXY_CA_FILE = "/etc/haproxy/pgha-ca.crt"
+BACKUP_TLS_DIR = "/etc/pgbackrest/pgha-tls"  # 0700 pgbackrest: ca.crt (+ client.crt, client.key)
 HAPROXY_CLIENT_PEM = "/etc/haproxy/pgha-client.pem"  # certificate + key, 0600 haproxy
 
 
@@ -248,6 +255,18 @@ def haproxy_tls(cfg: ClusterConfig) -> dict[str, str] | None:
     return files
 
 
+def backup_host_tls(cfg: ClusterConfig) -> dict[str, str] | None:
+    """The repository host's backup script asks each node's Patroni whether it is a healthy
+    standby: over https, verifying the CA, and showing a certificate of the repository host
+    when Patroni requires one on every request. None without TLS or without a repository host."""
+    if not cfg.tls.enabled or cfg.backup is None or cfg.backup.on_nodes:
+        return None
+    files = {"ca_file": f"{BACKUP_TLS_DIR}/ca.crt"}
+    if cfg.tls.restapi_verify_client == "required":
+        files.update(cert_file=f"{BACKUP_TLS_DIR}/client.crt", key_file=f"{BACKUP_TLS_DIR}/client.key")
+    return files
+
+
 @dataclass(frozen=True)
 class TlsFile:
     path: str
@@ -261,7 +280,7 @@ class TlsFile:
 class TlsFileSet:
     """The certificate files one service reads on one host, written before the service starts."""
 
-    service: str  # etcd | patroni | haproxy
+    service: str  # etcd | patroni | haproxy | pgbackrest
     certificate: str | None  # the planned certificate's name (None: the CA only)
     directory: str | None  # made 0700, owned by the service user (None: an existing directory)
     owner: str
@@ -297,4 +316,12 @@ def tls_file_sets(cfg: ClusterConfig, host: Host) -> list[TlsFileSet]:
             files.append(TlsFile(h["crt"], "cert+key", "0600", "haproxy", "haproxy"))
         sets.append(TlsFileSet("haproxy", f"{host.name}-haproxy" if "crt" in h else None, None, "haproxy",
                                tuple(files)))
+    b = backup_host_tls(cfg) if "backup" in host.roles else None
+    if b is not None:
+        files = [TlsFile(b["ca_file"], "ca", "0644", BACKUP_USER, BACKUP_USER)]
+        if "cert_file" in b:
+            files += [TlsFile(b["cert_file"], "cert", "0644", BACKUP_USER, BACKUP_USER),
+                      TlsFile(b["key_file"], "key", "0600", BACKUP_USER, BACKUP_USER)]
+        sets.append(TlsFileSet("pgbackrest", f"{host.name}-pgbackrest" if "cert_file" in b else None,
+                               BACKUP_TLS_DIR, BACKUP_USER, tuple(files)))
     return sets

@@ -55,10 +55,11 @@ def scheduled_timers(props: dict[str, Any]) -> list[str]:
 def backup_script(props: dict[str, Any], node: str | None) -> str:
     """/usr/local/sbin/pgha-backup-<stanza>: on the repository host (node None), a backup from a
     healthy standby if any; on a node (nodes layout), a backup only while this node leads."""
-    tls = props.get("tls")
-    # pgha:tls (nodes layout): curl verifies the node's REST API and shows the node's certificate.
-    curl_tls = "" if not tls else "".join(f" --{opt} {shlex.quote(tls[key])}" for opt, key in (
-        ("cacert", "ca_file"), ("cert", "cert_file"), ("key", "key_file")))
+    tls = props.get("tls") or {}
+    # pgha:tls: curl verifies the REST API against the CA, and shows a certificate when it has one
+    # (a node's own; the repository host's when Patroni requires one on every request).
+    curl_tls = "".join(f" --{opt} {shlex.quote(tls[key])}" for opt, key in (
+        ("cacert", "ca_file"), ("cert", "cert_file"), ("key", "key_file")) if key in tls)
     context = {"scope": props["scope"], "stanza": props["stanza"], "repo_user": props["repo_user"],
                "curl_tls": curl_tls}
     if node is not None:

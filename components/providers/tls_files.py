@@ -31,6 +31,7 @@ RELOAD = {
     "etcd": "",
     "patroni": "if systemctl is-active -q patroni; then systemctl reload patroni; fi",
     "haproxy": "if systemctl is-active -q haproxy; then systemctl reload haproxy; fi",
+    "pgbackrest": "",  # the backup script's curl reads them at each run
 }
 
 

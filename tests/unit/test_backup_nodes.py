@@ -17,6 +17,7 @@ from components import specs
 from components.config import ClusterConfig, load_cluster_config
 from components.providers.backup_hosts import node_conf, repo_secrets_conf, shared_marker, shared_path_problem
 from components.providers.backup_stanza import backup_script
+from components.tls_plan import planned_certificates, tls_file_sets
 from components.transport.ssh import Result
 from components.validation import ConfigError
 from tests.unit.configs import base_raw, base_secret_keys, lab_raw
@@ -313,5 +314,36 @@ def test_with_tls_a_nodes_backup_script_asks_its_node_over_https_with_its_certif
     assert ("curl -s --cacert /etc/patroni/tls/ca.crt --cert /etc/patroni/tls/node.crt --key "
             "/etc/patroni/tls/node.key -o /dev/null -w '%{http_code}' --max-time 3 "
             '"https://10.77.0.12:8008/primary"') in script
-    # A repository host holds no certificate: no tls in its stanza spec.
-    assert "tls" not in specs.backup_stanza_spec(host_cfg())
+
+
+
+def test_with_tls_a_repository_hosts_script_verifies_the_ca_and_shows_its_own_certificate() -> None:
+    """On a repository host the check for a healthy standby verifies the nodes' REST API against
+    the CA in the host's own 0700 directory; with restApiVerifyClient required it also shows the
+    repository host's certificate (a client certificate of its own, 0600 pgbackrest)."""
+    cfg = host_cfg()
+    script = backup_script(specs.backup_stanza_spec(cfg), None)
+    assert ("curl -fs --cacert /etc/pgbackrest/pgha-tls/ca.crt -o /dev/null --max-time 3 "
+            '"$url"') in script
+    assert "https://10.77.0.12:8008/replica" in script
+    [files] = tls_file_sets(cfg, cfg.hosts[-1])
+    assert (files.service, files.certificate) == ("pgbackrest", None)
+    assert files.directory == "/etc/pgbackrest/pgha-tls"
+    assert [(f.path, f.mode, f.owner) for f in files.files] == [
+        ("/etc/pgbackrest/pgha-tls/ca.crt", "0644", "pgbackrest")]
+    assert not any(name.endswith("-pgbackrest") for name in planned_certificates(cfg))
+
+    raw = nodes_raw()
+    raw["hosts"].append(copy.deepcopy(BACKUP_HOST))
+    raw["tls"] = {"restApiVerifyClient": "required"}
+    required = load_cluster_config(raw, secret_keys())
+    script = backup_script(specs.backup_stanza_spec(required), None)
+    assert ("--cacert /etc/pgbackrest/pgha-tls/ca.crt --cert /etc/pgbackrest/pgha-tls/client.crt "
+            "--key /etc/pgbackrest/pgha-tls/client.key") in script
+    [files] = tls_file_sets(required, required.hosts[-1])
+    repo = required.hosts[-1].name
+    assert files.certificate == f"{repo}-pgbackrest"
+    assert ("/etc/pgbackrest/pgha-tls/client.key", "0600", "pgbackrest") in [
+        (f.path, f.mode, f.owner) for f in files.files]
+    cert = planned_certificates(required)[f"{repo}-pgbackrest"].request
+    assert cert.client and not cert.server
