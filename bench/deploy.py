@@ -23,7 +23,6 @@ from typing import Any
 
 import psycopg
 import requests
-import yaml
 
 from bench.events import EventTail, spans
 from bench.recorder import WriteRecorder
@@ -35,16 +34,16 @@ from components.transport.rest import LEADER_ROLES, PatroniApi
 from components.transport.tls_client import TlsClientFiles
 from lab import Lab
 from scripts.lab_stack import link_wheelhouse
-from tests.cluster.conftest import LAB_STACK_FILE, ProjectCopy, host, wait_until
+from tests.cluster.conftest import ProjectCopy, host, lab_stack_config, wait_until
 
 STACK = "bench"
 LAB_SUBNET = "10.77.0.0/24"
 
 
 def lab_base_config() -> dict[str, Any]:
-    """The lab stack's config without the `pgha:` prefix (what ProjectCopy.base_config holds)."""
-    doc = yaml.safe_load(LAB_STACK_FILE.read_text())
-    return {k.removeprefix("pgha:"): v for k, v in doc["config"].items()}
+    """The lab stack's config without the `pgha:` prefix (what ProjectCopy.base_config holds:
+    TLS off unless a benchmark turns it on)."""
+    return lab_stack_config()
 
 
 def cluster_config(config: dict[str, Any]) -> ClusterConfig:

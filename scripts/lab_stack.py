@@ -29,6 +29,7 @@ from lab.api import host_names  # noqa: E402
 STACK = "lab"
 HOSTS = host_names(4)
 TEMPLATE = ROOT / "lab" / "stack.yaml"
+LAB_CA_FILE = ROOT / "lab-ca.crt"  # the lab stack's CA bundle (public), for psql's sslrootcert; git-ignored
 STACK_FILE = ROOT / "stacks" / f"Pulumi.{STACK}.yaml"
 WHEELHOUSE_LINK = lab_config.cache_dir() / "wheelhouse"
 # Passphrase of the throwaway stacks that tests and benchmarks create beside the lab
@@ -127,6 +128,11 @@ def up() -> None:
     primary = outputs["primary"][0].removeprefix("postgresql://")
     host, port = primary.split(":")
     root = shlex.quote(str(ROOT))
+    tls = ""
+    if outputs.get("tlsCa"):
+        # pgha:tls (on for the lab stack): the CA bundle clients verify the servers with.
+        LAB_CA_FILE.write_text(outputs["tlsCa"])
+        tls = f" sslmode=verify-full sslrootcert={LAB_CA_FILE}"
     print(f"""
 The lab cluster is up. Members:
 {json.dumps(outputs.get('members'), indent=2)}
@@ -134,7 +140,7 @@ The lab cluster is up. Members:
 Connect through HAProxy (writes go to the leader, port {port}; replicas on {int(port) + 1}), from any shell:
   cd {root} && source scripts/env.sh
   export PGPASSWORD="$(pulumi stack output superuserPassword --show-secrets --stack {STACK})"
-  psql "host={host} port={port} user=postgres dbname=postgres"
+  psql "host={host} port={port} user=postgres dbname=postgres{tls}"
 On a node, as in the runbook:
   cd {root} && python3 -m lab ssh pg1 sudo patronictl -c /etc/patroni/patroni.yml list
 Day-2 (after the first two lines): edit stacks/Pulumi.{STACK}.yaml, then

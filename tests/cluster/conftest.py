@@ -105,6 +105,16 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
 LAB_STACK_FILE = ROOT / "lab" / "stack.yaml"  # the lab stack's config, before make lab-up copies it
 
 
+def lab_stack_config() -> dict[str, Any]:
+    """The lab stack's config without the `pgha:` prefix, as tests and benchmarks start from it:
+    with TLS off unless they turn it on (they talk plaintext to the hosts; test_tls*.py, test_lab_stack
+    and bench B8 deploy with TLS on, as the lab stack itself does)."""
+    doc = yaml.safe_load(LAB_STACK_FILE.read_text())
+    config: dict[str, Any] = {k.removeprefix("pgha:"): v for k, v in doc["config"].items()}
+    config.setdefault("tls", {"enabled": False})
+    return config
+
+
 class ProjectCopy:
     """The program copied beside a stack file the test writes (the checkout stays untouched)."""
 
@@ -120,8 +130,7 @@ class ProjectCopy:
         self.stack = stack
         self.last_review = ""
         self.cli = PulumiCli(self.dir, base / "state", passphrase=LAB_PASSPHRASE)
-        lab_doc = yaml.safe_load(LAB_STACK_FILE.read_text())
-        self.base_config: dict[str, Any] = {k.removeprefix("pgha:"): v for k, v in lab_doc["config"].items()}
+        self.base_config = lab_stack_config()
 
     @classmethod
     def with_stack(cls, base: Path, stack: str) -> ProjectCopy:

@@ -78,10 +78,12 @@ def test_lab_up_prints_lines_that_work_in_a_new_shell(checkout: Path) -> None:
     lines = [line.strip() for line in block.splitlines()[1:4]]
     assert lines[0].startswith("cd ") and "source scripts/env.sh" in lines[0], first.stdout
     assert lines[1].startswith("export PGPASSWORD="), first.stdout
-    assert lines[2].startswith("psql "), first.stdout
-    out = subprocess.run(["bash", "-c", "\n".join([*lines[:2], lines[2] + " -XAtc 'SELECT 1'"])],
+    assert lines[2].startswith("psql ") and "sslmode=verify-full sslrootcert=" in lines[2], first.stdout
+    # The lab stack has TLS on: the session is encrypted, the server verified against the stack's CA.
+    query = " -XAtc 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
+    out = subprocess.run(["bash", "-c", "\n".join([*lines[:2], lines[2] + query])],
                          env=CLEAN_ENV, text=True, capture_output=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "1", (out.stdout, out.stderr)
+    assert out.returncode == 0 and out.stdout.strip() == "t", (out.stdout, out.stderr)
     assert (checkout / "stacks" / "Pulumi.lab.yaml").exists()
 
     preview = shell(checkout, "source scripts/env.sh && pulumi preview --stack lab --expect-no-changes")

@@ -26,7 +26,16 @@ SECRET_NAMES = frozenset(PASSWORDS)
 
 
 def lab_raw() -> dict[str, Any]:
-    """The lab stack's config with the ``pgha:`` prefix stripped, as the loader takes it."""
+    """The lab stack's config with the ``pgha:`` prefix stripped, as the loader takes it, with
+    TLS off unless a test turns it on (as tests/cluster's lab_stack_config; the lab stack itself
+    has it on: lab_stack_raw)."""
+    raw = lab_stack_raw()
+    raw.setdefault("tls", {"enabled": False})
+    return raw
+
+
+def lab_stack_raw() -> dict[str, Any]:
+    """lab/stack.yaml's config with the ``pgha:`` prefix stripped, as it is."""
     doc = yaml.safe_load(LAB_STACK.read_text())
     return {k.removeprefix(PREFIX): v for k, v in doc["config"].items() if k.startswith(PREFIX)}
 

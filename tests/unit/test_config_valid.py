@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from components.config import ClusterConfig, load_cluster_config
-from tests.unit.configs import base_raw, base_secret_keys, lab_raw
+from tests.unit.configs import base_raw, base_secret_keys, lab_raw, lab_stack_raw
 
 
 def _production_raw() -> dict[str, Any]:
@@ -165,3 +165,9 @@ def test_string_numbers_and_booleans_are_accepted() -> None:
     assert cfg.dcs.ttl == 40
     assert cfg.dcs.use_pg_rewind is False
     assert cfg.production is True
+
+
+def test_the_lab_stack_itself_has_tls_on() -> None:
+    """`make lab-up` deploys with TLS (the default); tests start from it with TLS off (lab_raw)."""
+    assert load_cluster_config(lab_stack_raw(), set()).tls.enabled is True
+    assert load_cluster_config(lab_raw(), set()).tls.enabled is False
