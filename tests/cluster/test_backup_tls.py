@@ -45,7 +45,8 @@ def _from_a_standby(bk: Backups, kind: str) -> str:
 
 
 def test_the_repository_hosts_files_are_its_users_alone(bk: Backups) -> None:
-    out = bk.lab.ssh(REPO, "sudo stat -c '%a %U %n' /etc/pgbackrest/pgha-tls /etc/pgbackrest/pgha-tls/*",
+    d = "/etc/pgbackrest/pgha-tls"
+    out = bk.lab.ssh(REPO, f"sudo stat -c '%a %U %n' {d} {d}/ca.crt {d}/client.crt {d}/client.key",
                      check=True).stdout.split("\n")
     modes = {line.split()[2]: line.split()[:2] for line in out if line.strip()}
     assert modes["/etc/pgbackrest/pgha-tls"] == ["700", "pgbackrest"], modes
