@@ -2,7 +2,8 @@
 
 The runbook starts Patroni on one node, waits for it to lead, then starts the others.
 pgha starts the others sooner, while the first one bootstraps: this resource returns as
-soon as the first host's Patroni holds the new cluster's initialize key. Only that host's
+soon as the first host's Patroni holds the new cluster's initialize key and has made its data
+directory (its system identifier, recorded in the state, is known then). Only that host's
 patroni.yml has a `bootstrap` section, so no other node can race for the cluster; each
 waits for the leader key and clones the leader at once (Patroni watches that key), and
 the first host's PatroniNode waits for its leader. Every PatroniNode depends on this
@@ -221,27 +222,31 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
                     if bootstrapped:
                         # The other nodes start beside the bootstrap (see the module doc);
                         # the first host's node waits for its leader.
-                        self._wait_bootstrap_begun(ssh, props, gateway, since)
+                        sysid = self._wait_system_identifier(ssh, props, gateway, since)
                     else:
                         status = self._wait_ready(ssh, props, timeout=900, since=since)
                         sysid = self._system_identifier(ssh, props, status)
-        # A bootstrap under way has no identifier yet: the next refresh records it.
         return {**public(props), "bootstrapped": bootstrapped, "cluster_running": True,
-                "system_identifier": sysid or ("" if bootstrapped else recorded), "drift": ""}
+                "system_identifier": sysid or recorded, "drift": ""}
 
-    def _wait_bootstrap_begun(self, ssh: Ssh, props: dict[str, Any], gateway: EtcdGateway,
-                              since: int) -> None:
-        """Until the first host's Patroni holds the new cluster's initialize key (or leads
-        already): from then on no other node can bootstrap it, and they may start."""
-        last: list[DcsView] = []
+    def _wait_system_identifier(self, ssh: Ssh, props: dict[str, Any], gateway: EtcdGateway,
+                                since: int) -> str:
+        """Until the first host's bootstrap has made the new cluster's data directory (initdb, or
+        a restore, wrote its control file): its system identifier, which the state records for
+        the checks after a loss. The first host then holds the initialize key, so no other node
+        can bootstrap the cluster, and they may start."""
+        last: list[str] = []
 
-        def begun() -> bool:
-            last[:] = [DcsView.read(gateway, props)]
-            return last[0].initialize is not None or bool(last[0].leader)
+        def made() -> str | None:
+            dcs = DcsView.read(gateway, props)
+            data = probe_node(ssh, props).data
+            last[:] = [f"{dcs.describe(props['scope'])}; the data directory: {data}"]
+            return data if dcs.initialize is not None and is_system_identifier(data) else None
 
-        self._watch_start(ssh, props, begun, timeout=120, since=since,
-                          what=f"Patroni on {props['name']} to begin bootstrapping cluster {props['scope']}",
-                          status=lambda: last[0].describe(props["scope"]) if last else "")
+        return str(self._watch_start(ssh, props, made, timeout=900, since=since,
+                                     what=f"Patroni on {props['name']} to create cluster "
+                                          f"{props['scope']}'s data directory (initdb or restore)",
+                                     status=lambda: last[0] if last else ""))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(id_=f"{props['scope']}/bootstrap", outs=self._ensure_cluster(props))
@@ -272,7 +277,7 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
         running, drift = observe_cluster(props["scope"], dcs, props.get("system_identifier") or "", endpoints)
         outs.update(cluster_running=running, drift=drift)
         if running and dcs is not None and not props.get("system_identifier"):
-            # `up` returned while the cluster bootstrapped, before it had its identifier.
+            # A state that recorded none (an `up` interrupted after the bootstrap began).
             outs["system_identifier"] = dcs.system_identifier
         if drift:
             notify(props["scope"], f"Patroni cluster: {drift}", warning=True)
