@@ -595,8 +595,9 @@ class PatroniNodeProvider(HostProvider):
             else:
                 if (plan.action == "clone" and props.get("bootstrap_leader") and dcs.leader is None
                         and dcs.initialize is None and self._last_bootstrap_failed(ssh)):
-                    # PatroniBootstrap returned once this host began the bootstrap, which then
-                    # failed: nobody else may bootstrap the cluster, so this node starts it again.
+                    # PatroniBootstrap returned once this host's bootstrap had made the data
+                    # directory; the bootstrap failed after that (Patroni moved the directory
+                    # aside). Nobody else may bootstrap the cluster: this node starts it again.
                     notify(address, f"the last bootstrap of cluster {props['scope']} on {props['name']} "
                            f"failed (Patroni's journal): bootstrapping it again")
                     plan = NodePlan("start")
