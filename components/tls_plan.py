@@ -287,6 +287,14 @@ class TlsFileSet:
     files: tuple[TlsFile, ...]
 
 
+def _identity_files(paths: dict[str, str], owner: str) -> tuple[TlsFile, ...]:
+    """The CA bundle, and a certificate with its key when `paths` names them: public files 0644,
+    the key 0600, all owned by the service user `owner`."""
+    wanted = (("ca_file", "ca", "0644"), ("cert_file", "cert", "0644"), ("key_file", "key", "0600"))
+    return tuple(TlsFile(paths[key], content, mode, owner, owner)
+                 for key, content, mode in wanted if key in paths)
+
+
 def tls_file_sets(cfg: ClusterConfig, host: Host) -> list[TlsFileSet]:
     """Every certificate file set `host` needs ([] with TLS off). Keys are 0600 and owned by
     the service user; certificates and the CA bundle are public (0644)."""
@@ -296,18 +304,13 @@ def tls_file_sets(cfg: ClusterConfig, host: Host) -> list[TlsFileSet]:
     if "etcd" in host.roles:
         e = etcd_tls(cfg)
         assert e is not None
-        sets.append(TlsFileSet("etcd", f"{host.name}-etcd", ETCD_TLS_DIR, "etcd", (
-            TlsFile(e["ca_file"], "ca", "0644", "etcd", "etcd"),
-            TlsFile(e["cert_file"], "cert", "0644", "etcd", "etcd"),
-            TlsFile(e["key_file"], "key", "0600", "etcd", "etcd"))))
+        sets.append(TlsFileSet("etcd", f"{host.name}-etcd", ETCD_TLS_DIR, "etcd", _identity_files(e, "etcd")))
     if "patroni" in host.roles:
         p = patroni_tls(cfg)
         assert p is not None
         base = f"{cfg.patroni.config_dir}/tls"
-        sets.append(TlsFileSet("patroni", f"{host.name}-patroni", base, "postgres", (
-            TlsFile(p["ca_file"], "ca", "0644", "postgres", "postgres"),
-            TlsFile(p["cert_file"], "cert", "0644", "postgres", "postgres"),
-            TlsFile(p["key_file"], "key", "0600", "postgres", "postgres"))))
+        sets.append(TlsFileSet("patroni", f"{host.name}-patroni", base, "postgres",
+                               _identity_files(p, "postgres")))
     if "haproxy" in host.roles:
         h = haproxy_tls(cfg)
         assert h is not None
@@ -318,10 +321,6 @@ def tls_file_sets(cfg: ClusterConfig, host: Host) -> list[TlsFileSet]:
                                tuple(files)))
     b = backup_host_tls(cfg) if "backup" in host.roles else None
     if b is not None:
-        files = [TlsFile(b["ca_file"], "ca", "0644", BACKUP_USER, BACKUP_USER)]
-        if "cert_file" in b:
-            files += [TlsFile(b["cert_file"], "cert", "0644", BACKUP_USER, BACKUP_USER),
-                      TlsFile(b["key_file"], "key", "0600", BACKUP_USER, BACKUP_USER)]
         sets.append(TlsFileSet("pgbackrest", f"{host.name}-pgbackrest" if "cert_file" in b else None,
-                               BACKUP_TLS_DIR, BACKUP_USER, tuple(files)))
+                               BACKUP_TLS_DIR, BACKUP_USER, _identity_files(b, BACKUP_USER)))
     return sets

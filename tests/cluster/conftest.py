@@ -20,6 +20,7 @@ import yaml
 from lab import Lab
 from scripts.lab_stack import LAB_PASSPHRASE, link_wheelhouse
 from tests.conftest import ROOT, PulumiCli
+from tests.unit.configs import lab_raw
 
 PRIMARY = ("10.77.0.14", 5000)
 REPLICAS = ("10.77.0.14", 5001)
@@ -102,17 +103,13 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iter
         Lab.down()
 
 
-LAB_STACK_FILE = ROOT / "lab" / "stack.yaml"  # the lab stack's config, before make lab-up copies it
 
 
 def lab_stack_config() -> dict[str, Any]:
     """The lab stack's config without the `pgha:` prefix, as tests and benchmarks start from it:
     with TLS off unless they turn it on (they talk plaintext to the hosts; test_tls*.py, test_lab_stack
     and bench B8 deploy with TLS on, as the lab stack itself does)."""
-    doc = yaml.safe_load(LAB_STACK_FILE.read_text())
-    config: dict[str, Any] = {k.removeprefix("pgha:"): v for k, v in doc["config"].items()}
-    config.setdefault("tls", {"enabled": False})
-    return config
+    return lab_raw()
 
 
 class ProjectCopy:
