@@ -848,6 +848,27 @@ class _Planner:
                                  "hosts goes back to plaintext.")
         if dropped:
             self.lines.append(f"TLS: certificate(s) no longer needed: {', '.join(dropped)}")
+        self.certificate_files()
+
+    # What TlsFiles does on its host, by operation.
+    FILES_WORDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        (CREATE, "certificate files written before the service starts (keys 0600 of its user)"),
+        (UPDATE, "certificate files rewritten, then the service reloads them"),
+        (REPLACE, "certificate files rewritten, then the service reloads them"),
+        (DELETE, "certificate files removed after the service"))
+
+    def certificate_files(self) -> None:
+        """One line per kind of change to the hosts' certificate files: which service on which hosts."""
+        for op, words in self.FILES_WORDS:
+            by_service: dict[str, list[str]] = {}
+            for step in self.changed("TlsFiles", op):
+                inputs = step.inputs
+                by_service.setdefault(str(inputs.get("service", "?")), []).append(
+                    str(inputs.get("host_name") or self.host(step)))
+            if by_service:
+                where = "; ".join(f"{service} on {', '.join(sorted(hosts, key=self.preview.host_key))}"
+                                  for service, hosts in sorted(by_service.items()))
+                self.lines.append(f"TLS: {words}: {where}")
 
     # --- deletions, last ----------------------------------------------------------------------
 

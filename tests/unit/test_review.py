@@ -639,6 +639,10 @@ def test_review_stack_end_to_end(tmp_path: Path, pulumi_bin: Path) -> None:
     text_ = (tmp_path / "out" / "review-lab.md").read_text()
     assert text_.startswith("<!-- pgha-review:lab -->")
     assert "etcd: pg1, pg2, pg3 found a new cluster together" in text_
+    # The lab stack has TLS on: the hosts' certificate files are one plan line, not one per resource.
+    assert ("TLS: certificate files written before the service starts (keys 0600 of its user): etcd on "
+            "pg1, pg2, pg3; haproxy on pg4; patroni on pg1, pg2, pg3") in text_, text_
+    assert "no plan wording" not in text_
     assert "<details><summary>pulumi preview --diff</summary>" in text_
     assert "pgha|local|policy" in (tmp_path / "out" / "preview-lab.diff").read_text()  # the pack ran
     failed = subprocess.run([str(project / "scripts" / "review-stack"), "nosuch"], env=env, text=True,
