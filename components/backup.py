@@ -209,7 +209,8 @@ class Backup(pulumi.ComponentResource):
             host = specs.backup_host(cfg)
             files = [tls.deliver(f"{cfg.scope}-backup-tls-{host.name}", host, file_set,
                                  self.repo_connection, self.secrets.ssh_private_key,
-                                 pulumi.ResourceOptions(parent=self, depends_on=[self.repository]))
+                                 pulumi.ResourceOptions(parent=self, depends_on=[
+                                     self.repository, *tls.client_certificate_after(file_set)]))
                      for file_set in tls_file_sets(cfg, host) if file_set.service == "pgbackrest"]
         self.stanza = BackupStanza(
             f"{cfg.scope}-backup-stanza",

@@ -20,10 +20,10 @@ from typing import Any
 
 import pulumi
 
-from components import tls
+from components import specs, tls
 from components.command_connection import FileReader, unknown_secret
 from components.config import ClusterConfig, Host
-from components.resources import TlsCertificate, TlsCertificateAuthority, TlsFiles
+from components.resources import TlsCertificate, TlsCertificateAuthority, TlsFiles, TlsTrust
 from components.tls_config import CA_KEY_SECRET, HostCertificateFiles
 from components.tls_plan import (
     CLIENT,
@@ -31,6 +31,7 @@ from components.tls_plan import (
     ca_common_name,
     planned_certificates,
     supplied_certificate_problems,
+    trust_targets,
 )
 from components.validation import ConfigError, key
 
@@ -55,6 +56,9 @@ class ClusterCertificates(pulumi.ComponentResource):
         self.certificates: dict[str, IssuedCertificate] = {}
         self.trust_pem: pulumi.Output[str] | None = None
         self.authority: TlsCertificateAuthority | None = None
+        self.trust: TlsTrust | None = None
+        # Patroni's certificate files: a client certificate shown to Patroni waits for them.
+        self.patroni_files: list[TlsFiles] = []
         self.expiry: dict[str, pulumi.Output[str]] = {}
         if not cfg.tls.enabled:
             self.register_outputs({})
@@ -109,6 +113,32 @@ class ClusterCertificates(pulumi.ComponentResource):
         return pulumi.Output.secret(pulumi.Output.all(self.trust_pem, client.cert_pem, client.key_pem).apply(
             lambda v: {"ca_pem": v[0], "cert_pem": v[1], "key_pem": v[2]}))
 
+    def distribute_trust(self, cfg: ClusterConfig, ssh_private_key: pulumi.Output[str] | None) -> TlsTrust:
+        """The TlsTrust resource: a change of the trusted CAs reaches every host (etcd restarted
+        one member at a time) before any certificate file is rewritten (components/providers/
+        tls_trust.py). Every `deliver` depends on it."""
+        assert self.trust_pem is not None
+        hosts = {h.name: h for h in cfg.hosts}
+        targets = [{"host": t.host, "service": t.service, "restart": t.restart,
+                    "connection": specs.connection(hosts[t.host]), "path": t.file.path, "mode": t.file.mode,
+                    "owner": t.file.owner, "group": t.file.group} for t in trust_targets(cfg)]
+        props: dict[str, Any] = {
+            "scope": cfg.scope, "trust_pem": self.trust_pem, "targets": targets,
+            "etcd_members": dict(zip([h.name for h in cfg.with_role("etcd")], specs.etcd_client_urls(cfg),
+                                     strict=True)),
+            "tls_client": self.client_tls(),
+        }
+        if ssh_private_key is not None:
+            props["ssh_private_key"] = ssh_private_key
+        self.trust = TlsTrust(f"{cfg.scope}-tls-trust", props, pulumi.ResourceOptions(parent=self))
+        return self.trust
+
+    def client_certificate_after(self, files: TlsFileSet) -> list[pulumi.Resource]:
+        """What a client certificate shown to Patroni (HAProxy's, the repository host's) waits
+        for: every Patroni serving its current certificate, which is when it trusts a new CA's
+        client certificates (providers/tls_files.py, `_wait_served`). [] for a CA file alone."""
+        return list(self.patroni_files) if files.certificate else []
+
     def deliver(self, name: str, host: Host, files: TlsFileSet, connection: dict[str, Any],
                 ssh_private_key: pulumi.Output[str] | None, opts: pulumi.ResourceOptions,
                 extra: dict[str, Any] | None = None) -> TlsFiles:
@@ -132,7 +162,13 @@ class ClusterCertificates(pulumi.ComponentResource):
         }
         if ssh_private_key is not None:
             props["ssh_private_key"] = ssh_private_key
-        return TlsFiles(name, props, opts)
+        if self.trust is not None:
+            # A change of the trusted CAs is on every host before a new certificate is served.
+            opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[self.trust]))
+        delivered = TlsFiles(name, props, opts)
+        if files.service == "patroni":
+            self.patroni_files.append(delivered)
+        return delivered
 
     @staticmethod
     def _users_ca(cfg: ClusterConfig, raw: dict[str, Any], reader: FileReader) -> str | None:

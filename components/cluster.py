@@ -26,6 +26,8 @@ class PostgresHaCluster(pulumi.ComponentResource):
         # there is no such resource at all (the stack stays as it was before pgha:tls).
         self.tls = (ClusterCertificates(f"{cfg.scope}-tls", cfg, raw_config, child)
                     if cfg.tls.enabled else None)
+        if self.tls is not None:
+            self.tls.distribute_trust(cfg, secrets.ssh_private_key)
         self.etcd = EtcdCluster(f"{cfg.scope}-etcd", cfg, secrets, child, self.tls)
         etcd_members = list(self.etcd.members.values())
         # pgha:backup: pgBackRest's configuration and SSH keys are in place before Patroni

@@ -28,9 +28,12 @@ class HAProxy(pulumi.ComponentResource):
             before: list[pulumi.Resource] = []
             if tls is not None:
                 # The CA file (and a client certificate) in place before `haproxy -c` and the reload.
+                # A client certificate of a new CA is shown only once every Patroni trusts that CA
+                # (tls.client_certificate_after).
                 before = [tls.deliver(f"{cfg.scope}-haproxy-tls-{host.name}", host, files,
                                       specs.connection(host), secrets.ssh_private_key,
-                                      pulumi.ResourceOptions(parent=self))
+                                      pulumi.ResourceOptions(parent=self,
+                                                             depends_on=tls.client_certificate_after(files)))
                           for files in tls_file_sets(cfg, host) if files.service == "haproxy"]
             self.configs[host.name] = HAProxyConfig(
                 f"{cfg.scope}-haproxy-{host.name}", props,

@@ -98,7 +98,8 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                     tls.deliver(f"{cfg.scope}-patroni-tls-{host.name}", host, files, specs.connection(host),
                                 secrets.ssh_private_key,
                                 pulumi.ResourceOptions(parent=self,
-                                                       depends_on=[self.installs[host.name], *previous]))
+                                                       depends_on=[self.installs[host.name], *previous]),
+                                extra={"rest_endpoint": f"{host.address}:{cfg.patroni.restapi_port}"})
                     for files in tls_file_sets(cfg, host) if files.service == "patroni"]
         # A new cluster's bootstrap begins on the first host before any node's create begins;
         # an existing one is left alone (see providers/patroni_bootstrap.py).

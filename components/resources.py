@@ -23,6 +23,7 @@ from components.providers.patroni_cluster import PatroniClusterProvider
 from components.providers.patroni_node import PatroniNodeProvider
 from components.providers.tls_certificates import CertificateAuthorityProvider, CertificateProvider
 from components.providers.tls_files import TlsFilesProvider
+from components.providers.tls_trust import TlsTrustProvider
 
 # tls_client: pgha's own TLS client identity (pgha:tls), its key included.
 SECRET_OUTPUTS = ["secrets", "ssh_private_key", "tls_client"]
@@ -149,3 +150,11 @@ class TlsFiles(Resource, module="pgha", name="TlsFiles"):
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(TlsFilesProvider(), name, {"in_place": None, "drift": None, **props},
                          _opts(opts, ["contents"]))
+
+
+class TlsTrust(Resource, module="pgha", name="TlsTrust"):
+    """The CA bundle every host trusts, changed everywhere before a new certificate is used
+    (components/providers/tls_trust.py)."""
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TlsTrustProvider(), name, props, _opts(opts))

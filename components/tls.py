@@ -217,6 +217,11 @@ def inspect(cert_pem: str) -> CertificateInfo:
     )
 
 
+def inspect_bundle(pem: str) -> list[CertificateInfo]:
+    """What each certificate of a PEM bundle says, in order."""
+    return [inspect(c.public_bytes(serialization.Encoding.PEM).decode()) for c in load_certificates(pem)]
+
+
 def fingerprint(cert_pem: str) -> str:
     digest = load_certificate(cert_pem).fingerprint(hashes.SHA256())
     return ":".join(f"{b:02X}" for b in digest)

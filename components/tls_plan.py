@@ -324,3 +324,49 @@ def tls_file_sets(cfg: ClusterConfig, host: Host) -> list[TlsFileSet]:
         sets.append(TlsFileSet("pgbackrest", f"{host.name}-pgbackrest" if "cert_file" in b else None,
                                BACKUP_TLS_DIR, BACKUP_USER, _identity_files(b, BACKUP_USER)))
     return sets
+
+
+# --- A change of the trusted CAs goes everywhere first (a CA rotation's first phase) ------------
+
+@dataclass(frozen=True)
+class TrustTarget:
+    """One CA bundle file on one host, and what makes its service read a new one."""
+
+    host: str
+    service: str  # etcd | patroni | haproxy | pgbackrest
+    file: TlsFile
+    restart: bool  # etcd: it loads its trusted CAs only when it starts
+
+
+def trust_targets(cfg: ClusterConfig) -> list[TrustTarget]:
+    """Every CA bundle file of the cluster, in the order a change of the trusted CAs is applied:
+    the files read at each use or on a reload first (Patroni, HAProxy, the repository host), then
+    the etcd members, one at a time, each restarted (etcd 3.4 reads its trusted CAs only at start,
+    though it reads its own certificate at every handshake)."""
+    others: list[TrustTarget] = []
+    members: list[TrustTarget] = []
+    for host in cfg.hosts:
+        for file_set in tls_file_sets(cfg, host):
+            for f in file_set.files:
+                if f.content == "ca":
+                    target = TrustTarget(host.name, file_set.service, f, restart=file_set.service == "etcd")
+                    (members if target.restart else others).append(target)
+    return others + members
+
+
+def dropped_trust_problem(old_bundle: str, new_bundle: str, now: dt.datetime) -> str:
+    """Why the trusted CAs cannot change from `old_bundle` to `new_bundle` in one `up` ('' when
+    they can): a CA still valid that leaves the bundle may have signed certificates the hosts
+    serve now, and the hosts restarted first would refuse the others. A new CA comes beside the
+    old one first (a stack-generated CA does so by itself; pgha:tls.caCertFile holds both, the new
+    one first); the old one leaves once nothing it signed is in use."""
+    new = {ca.fingerprint for ca in tls.inspect_bundle(new_bundle)}
+    still_valid = [ca for ca in tls.inspect_bundle(old_bundle)
+                   if ca.fingerprint not in new and ca.not_after > now]
+    if not still_valid:
+        return ""
+    names = ", ".join(f"{ca.common_name} (valid until {ca.not_after:%Y-%m-%d})" for ca in still_valid)
+    return (f"pgha:tls.caCertFile: the trusted CAs would no longer include {names}, which signed the "
+            "certificates the hosts use now: hosts would refuse each other while they move. Put the "
+            "new CA first and the old one after it in pgha:tls.caCertFile for this `up` (both are "
+            "trusted while every certificate is issued again), and drop the old one in a later `up`")

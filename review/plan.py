@@ -848,7 +848,19 @@ class _Planner:
                                  "hosts goes back to plaintext.")
         if dropped:
             self.lines.append(f"TLS: certificate(s) no longer needed: {', '.join(dropped)}")
+        self.trust()
         self.certificate_files()
+
+    def trust(self) -> None:
+        """A change of the trusted CAs (TlsTrust; its create and delete touch no host)."""
+        for step in self.changed("TlsTrust", UPDATE):
+            if "trust_pem" not in step_changes(step).tops:
+                continue
+            etcd = [str(t.get("host")) for t in step.inputs.get("targets") or [] if t.get("restart")]
+            self.lines.append("TLS: the trusted CAs change: every host gets the new CA bundle before any "
+                              "new certificate is served" +
+                              (f"; etcd restarts one member at a time ({', '.join(etcd)}): it reads its "
+                               "CAs only when it starts" if etcd else ""))
 
     # What TlsFiles does on its host, by operation.
     FILES_WORDS: ClassVar[tuple[tuple[str, str], ...]] = (

@@ -308,6 +308,22 @@ def peer_states(props: dict[str, Any]) -> dict[str, str]:
     return states
 
 
+def etcd_unit_failed(ssh: Ssh, name: str) -> Callable[[], str | None]:
+    """A check for a wait: the cause, once etcd's unit on member `name`'s host has stopped (its
+    state and the end of its journal)."""
+    stopped = UnitStopped()
+
+    def check() -> str | None:
+        state = ssh.run("systemctl is-active etcd", step="check etcd", check=False).stdout.strip()
+        if not stopped(state):
+            return None
+        journal = ssh.run("journalctl -u etcd -n 5 --no-pager -o cat", step="read etcd's journal",
+                          check=False).stdout.strip()[-1000:]
+        return f"etcd on {name} is {state}: {journal}"
+
+    return check
+
+
 class EtcdMemberProvider(HostProvider):
     CREATE_ONLY = frozenset({"bootstrap_cluster"})
     REPLACE_ON = frozenset({"name", "address", "peer_port", "client_port", "data_dir", "cluster_token"})
@@ -370,21 +386,7 @@ class EtcdMemberProvider(HostProvider):
 
     @staticmethod
     def _unit_failed(ssh: Ssh | None, props: dict[str, Any]) -> Callable[[], str | None] | None:
-        """A check for a wait: the cause, once etcd's unit has stopped (its state and the
-        end of its journal)."""
-        if ssh is None:
-            return None
-        stopped = UnitStopped()
-
-        def check() -> str | None:
-            state = ssh.run("systemctl is-active etcd", step="check etcd", check=False).stdout.strip()
-            if not stopped(state):
-                return None
-            journal = ssh.run("journalctl -u etcd -n 5 --no-pager -o cat", step="read etcd's journal",
-                              check=False).stdout.strip()[-1000:]
-            return f"etcd on {props['name']} is {state}: {journal}"
-
-        return check
+        return None if ssh is None else etcd_unit_failed(ssh, props["name"])
 
     def _wait_healthy(self, props: dict[str, Any], timeout: float = 180.0, ssh: Ssh | None = None) -> None:
         me = EtcdGateway(_my_client(props))

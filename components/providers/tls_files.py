@@ -20,8 +20,10 @@ from typing import Any, ClassVar
 
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
+from components import tls
 from components.providers.base import HostProvider, public
-from components.transport.ssh import Ssh, SshError, notify
+from components.transport.ssh import Ssh, SshError, notify, wait_for
+from components.transport.tls_client import served_certificate
 
 # What has the running service read changed files (only when it runs; a stopped one reads
 # them when it starts). etcd reads them at every handshake; Patroni, on SIGHUP, sets up its
@@ -115,9 +117,38 @@ class TlsFilesProvider(HostProvider):
             changed = self._write(ssh, news)
             reload = RELOAD.get(news["service"], "")
             if changed and reload:
+                running = ssh.run(f"systemctl is-active -q {news['service']} && echo yes || echo no",
+                                  step=f"check {news['service']}", check=False).stdout.strip() == "yes"
                 ssh.run(reload, step=f"reload {news['service']} for its new certificate files")
                 notify(news["connection"]["host"], f"{news['service']}: certificate files replaced, reloaded")
+                if running and news.get("rest_endpoint"):
+                    self._wait_served(news)
         return UpdateResult(outs=self._outs(news))
+
+    def same(self, key: str, old: Any, new: Any) -> bool:
+        # `rest_endpoint` came with the CA rotation's ordering: a state without it is no change.
+        return (key == "rest_endpoint" and old is None) or super().same(key, old, new)
+
+    @staticmethod
+    def _wait_served(props: dict[str, Any]) -> None:
+        """Until Patroni's REST API serves the new certificate: Patroni applies a reload at its
+        next HA loop (within loop_wait), and only then trusts the CA bundle beside it for client
+        certificates. Whoever shows a new client certificate next (HAProxy's checks, the
+        repository host, pgha) waits for this."""
+        served_pems = [str(pem) for pem in props["contents"].values() if "BEGIN CERTIFICATE" in str(pem)
+                       and not tls.inspect(str(pem)).is_ca]
+        if not served_pems:
+            return
+        want = tls.fingerprint(served_pems[0])
+        address, _, port = str(props["rest_endpoint"]).rpartition(":")
+
+        def serving() -> bool:
+            served = served_certificate(address, int(port))
+            return served is not None and tls.fingerprint(served) == want
+
+        wait_for(serving, timeout=90, interval=0.5, host=props["connection"]["host"],
+                 what="Patroni's REST API serving its new certificate (Patroni applies a reload at its "
+                      "next HA loop)")
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         outs = dict(props)

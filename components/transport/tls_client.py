@@ -76,3 +76,22 @@ def client_tls(material: Mapping[str, Any] | None) -> Iterator[TlsClientFiles | 
             yield files
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def served_certificate(address: str, port: int, timeout: float = 5.0) -> str | None:
+    """The certificate (PEM) a TLS server serves now, unverified (what is served, not whether to
+    trust it); None when nothing answers with TLS. No client certificate is shown: TLS 1.3
+    completes the handshake before a server asks for one."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock, \
+                ctx.wrap_socket(sock, server_hostname=address) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    return ssl.DER_cert_to_PEM_cert(der) if der else None

@@ -26,6 +26,7 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from components.providers.haproxy_config import backend_status
 from lab import Lab
@@ -290,6 +291,90 @@ def test_rest_api_client_certificates_required_on_a_running_cluster(stack: TlsSt
     wait_until(servers_up, 30, "HAProxy's checks with its client certificate: one primary, two replicas UP")
     out = stack.lab.ssh("pg2", "sudo -u postgres patronictl -c /etc/patroni/patroni.yml list").stdout
     assert out.count("streaming") == 2, out
+    assert stack.project.preview_changes() == {}
+
+
+def _chains_to(stack: TlsStack, ca_file: Path, address: str, port: int) -> bool:
+    """Whether the certificate a TLS port serves now verifies against `ca_file` alone."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.load_cert_chain(*stack.client)
+    try:
+        with socket.create_connection((address, port), timeout=5) as sock, \
+                ctx.wrap_socket(sock, server_hostname=address):
+            return True
+    except ssl.SSLCertVerificationError:
+        return False
+
+
+def test_ca_rotation_under_write_load(stack: TlsStack) -> None:
+    """The CA can no longer sign a full-term host certificate (tls.validityDays beyond what it has
+    left): `up` rotates it in place under a write load. The new CA goes out beside the old one,
+    every host certificate is issued again by the new CA and served after a reload; a client
+    certificate of the old CA is still accepted; 0 acknowledged writes lost; no restart."""
+    old_ca = x509.load_pem_x509_certificates(stack.ca_file.read_bytes())[0]
+    started = {n: requests.get(f"https://{a}:8008/patroni", verify=str(stack.ca_file), cert=stack.client,
+                               timeout=5).json()["postmaster_start_time"] for n, a in NODES.items()}
+    load = WriteLoad(*PRIMARY, stack.password)
+    load.prepare("pgha_tls_load")
+    load.start()
+    try:
+        load.assert_progressing()
+        stack.config["tls"] = {**stack.config["tls"], "validityDays": 3650, "caValidityDays": 7300}
+        stack.project.write_config(stack.config)
+        changes = stack.project.preview_changes()
+        assert "pgha-lab-ca" in changes.get("update", {}), changes
+        assert "pgha-lab-tls-trust" in changes.get("update", {}), changes
+        assert "etcd restarts one member at a time (pg1, pg2, pg3)" in stack.project.last_review, \
+            stack.project.last_review
+        t0 = time.monotonic()
+        up = stack.project.run("up", "--yes", "--skip-preview")
+        took = time.monotonic() - t0
+        load.reset_counters()
+        load.assert_progressing()
+    finally:
+        load.stop()
+    assert load.missing() == [], "acknowledged writes lost"
+    # The first phase: the bundle everywhere, etcd restarted one member at a time, before any new
+    # certificate.
+    restarted = {address for line in up.stdout.splitlines() if "etcd restarted: it trusts the new CA" in line
+                 for address in NODES.values() if f"{address}: etcd restarted" in line}
+    assert restarted == set(NODES.values()), up.stdout[-3000:]
+    print(f"\nCA rotation under writes: up {took:.1f}s, {len(load.acknowledged)} writes acknowledged, "
+          f"longest gap {load.longest_window():.2f}s, {len(load.failures)} failed attempts")
+    outputs = json.loads(stack.project.run("stack", "output", "--json", "--show-secrets").stdout)
+    trusted = x509.load_pem_x509_certificates(outputs["tlsCa"].encode())
+    assert len(trusted) == 2 and old_ca in trusted, "the old CA stays trusted beside the new one"
+    new_ca = next(c for c in trusted if c != old_ca)
+    bundle = stack.ca_file.with_name("trust.crt")
+    bundle.write_text(outputs["tlsCa"])
+    new_only = stack.ca_file.with_name("new-ca.crt")
+    new_only.write_bytes(new_ca.public_bytes(Encoding.PEM))
+    for address in NODES.values():
+        for port in (2379, 8008):
+            assert wait_until(lambda a=address, p=port: _chains_to(stack, new_only, a, p), 30,
+                              f"{address}:{port} serving a certificate of the new CA")
+    # The old CA's client certificate (pg1's first one) is still accepted: etcd and the REST API.
+    for name, address in NODES.items():
+        resp = requests.get(f"https://{address}:2379/health", verify=str(bundle), cert=stack.client,
+                            timeout=5)
+        assert resp.status_code == 200, resp.text
+        status = requests.get(f"https://{address}:8008/patroni", verify=str(bundle), cert=stack.client,
+                              timeout=5).json()
+        assert status["postmaster_start_time"] == started[name], (name, "PostgreSQL was restarted")
+    host, port = PRIMARY
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", password=stack.password,
+                         sslmode="verify-full", sslrootcert=str(bundle), connect_timeout=5) as conn:
+        walsenders = conn.execute(
+            "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)").fetchall()
+    assert len(walsenders) == 2 and all(ssl_on for (ssl_on,) in walsenders), walsenders
+    # Each node's patronictl shows its new certificate to etcd and to the other nodes' REST APIs:
+    # refused (or hanging) while a member trusted only the old CA.
+    for name in NODES:
+        out = stack.lab.ssh(name, "sudo -u postgres timeout 30 patronictl -c /etc/patroni/patroni.yml list",
+                            check=False)
+        assert out.returncode == 0 and out.stdout.count("streaming") == 2, (name, out.stdout, out.stderr)
+    # HAProxy's checks show its new client certificate (restApiVerifyClient: required).
+    test_haproxy_checks_over_https(stack)
     assert stack.project.preview_changes() == {}
 
 

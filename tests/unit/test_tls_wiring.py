@@ -4,14 +4,16 @@ files each service reads, their owners and modes; the read-back of TlsFiles."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from typing import Any
 
-from components import specs
+from components import specs, tls
 from components.config import ClusterConfig, load_cluster_config
 from components.providers.base import HostProvider
 from components.providers.tls_files import drift_of, expected_stat, parse_read_back, read_back_script
-from components.tls_plan import tls_file_sets
+from components.providers.tls_trust import quorum_problem
+from components.tls_plan import dropped_trust_problem, tls_file_sets, trust_targets
 from tests.unit.configs import lab_raw
 
 
@@ -111,3 +113,38 @@ def test_a_deployed_service_does_not_switch_between_plaintext_and_tls() -> None:
             raise AssertionError("a switch must be refused")
     assert provider.diff("id", secured, secured).changes is False
     assert provider.diff("id", plain, plain).changes is False
+
+
+def test_a_change_of_trusted_cas_goes_to_every_bundle_and_restarts_etcd_last() -> None:
+    """CA rotation, first phase: every CA file of every service, read-on-use files first, then the
+    etcd members in the stack's order (each restarted: etcd loads its CAs only at start)."""
+    targets = trust_targets(_lab(True))
+    assert [(t.host, t.service, t.restart) for t in targets] == [
+        ("pg1", "patroni", False), ("pg2", "patroni", False), ("pg3", "patroni", False),
+        ("pg4", "haproxy", False), ("pg1", "etcd", True), ("pg2", "etcd", True), ("pg3", "etcd", True)]
+    assert {t.file.path for t in targets if t.service == "etcd"} == {"/etc/etcd/pgha-tls/ca.crt"}
+    assert all(t.file.content == "ca" and t.file.mode == "0644" for t in targets)
+    assert trust_targets(_lab(False)) == []
+
+
+def test_an_etcd_restart_for_the_bundle_keeps_a_quorum() -> None:
+    assert quorum_problem("pg1", {"pg2": True, "pg3": True}) == ""
+    # With pg3 down, restarting pg1 would leave pg2 alone.
+    problem = quorum_problem("pg1", {"pg2": True, "pg3": False})
+    assert "leave 1 of 3 members, below a quorum of 2: pg3 not healthy" in problem
+    assert quorum_problem("pg1", {"pg2": True, "pg3": True, "pg4": True, "pg5": False}) == ""  # 3 of 5
+    assert "pg4, pg5 not healthy" in quorum_problem("pg1", {"pg2": True, "pg3": True, "pg4": False,
+                                                             "pg5": False})
+
+
+def test_a_valid_ca_never_leaves_the_trusted_cas_with_its_certificates_in_use() -> None:
+    """A user's new pgha:tls.caCertFile without the old CA would have the hosts restarted first
+    refuse the others: refused in the preview, naming the key. New beside old is fine, and so is
+    dropping a CA that expired (nothing it signed is still valid)."""
+    now = tls.utcnow()
+    old, new = tls.create_ca("old CA", 30, now=now), tls.create_ca("new CA", 3650, now=now)
+    assert dropped_trust_problem(old.cert_pem, tls.bundle(new.cert_pem, old.cert_pem), now) == ""
+    problem = dropped_trust_problem(old.cert_pem, new.cert_pem, now)
+    assert problem.startswith("pgha:tls.caCertFile: ") and "old CA (valid until" in problem
+    later = now + dt.timedelta(days=31)
+    assert dropped_trust_problem(tls.bundle(new.cert_pem, old.cert_pem), new.cert_pem, later) == ""
