@@ -428,8 +428,9 @@ class EtcdMemberProvider(HostProvider):
             listening = ssh.run(f"ss -Htln 'sport = :{port}'", step="check etcd's peer port", check=False)
             return bool(listening.stdout.strip())
 
-        wait_for(started, timeout=60, interval=1, what=f"etcd on {props['name']} listening on its peer port",
-                 host=props["address"], blocked=self._unit_failed(ssh, props), blocked_every=2.0)
+        wait_for(started, timeout=60, interval=0.2,
+                 what=f"etcd on {props['name']} listening on its peer port", host=props["address"],
+                 blocked=self._unit_failed(ssh, props), blocked_every=2.0)
 
     def _member_id(self, props: dict[str, Any], default: str = "") -> str:
         """This member's ID from its own client port, if it serves (a founding member without
