@@ -123,7 +123,7 @@ class ClusterCertificates(pulumi.ComponentResource):
                     "connection": specs.connection(hosts[t.host]), "path": t.file.path, "mode": t.file.mode,
                     "owner": t.file.owner, "group": t.file.group} for t in trust_targets(cfg)]
         props: dict[str, Any] = {
-            "scope": cfg.scope, "trust_pem": self.trust_pem, "targets": targets,
+            "scope": cfg.scope, "source": cfg.tls.source, "trust_pem": self.trust_pem, "targets": targets,
             "etcd_members": dict(zip([h.name for h in cfg.with_role("etcd")], specs.etcd_client_urls(cfg),
                                      strict=True)),
             "tls_client": self.client_tls(),

@@ -237,6 +237,12 @@ def issued_by(cert_pem: str, ca_pem: str) -> bool:
     return True
 
 
+def issued_by_any(cert_pem: str, bundle_pem: str) -> bool:
+    """Whether one of the CAs of a bundle signed `cert_pem` (a CA file during a rotation)."""
+    return any(issued_by(cert_pem, c.public_bytes(serialization.Encoding.PEM).decode())
+               for c in load_certificates(bundle_pem))
+
+
 def key_matches(cert_pem: str, key_pem: str) -> bool:
     return _public_bytes(load_key(key_pem)) == load_certificate(cert_pem).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -275,6 +281,12 @@ def verify(cert_pem: str, ca_bundle_pem: str, now: dt.datetime, *, server_name: 
             builder.build_client_verifier().verify(leaf, [])
     except v.VerificationError as err:
         raise TlsError(f"{inspect(cert_pem).common_name}: {err}") from None
+
+
+def still_valid(bundle_pem: str, now: dt.datetime) -> str:
+    """The certificates of a bundle that have not expired at `now`, as a bundle ('' when none)."""
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in load_certificates(bundle_pem)
+                   if c.not_valid_after_utc > now)
 
 
 def bundle(*pems: str) -> str:

@@ -34,8 +34,9 @@ from components.validation import (
     check_unknown_keys,
 )
 
-TLS_KEYS = ("enabled", "source", "caCertFile", "certificates", "clientCertificate", "validityDays",
-            "renewBeforeDays", "caValidityDays", "restApiVerifyClient", "replicationSslMode", "serverNames")
+TLS_KEYS = ("enabled", "source", "caCertFile", "caGeneration", "certificates", "clientCertificate",
+            "validityDays", "renewBeforeDays", "caValidityDays", "restApiVerifyClient", "replicationSslMode",
+            "serverNames")
 CA_KEY_SECRET = "tlsCaKey"
 SOURCES = ("generated", "ca", "certificates")
 VERIFY_CLIENT = ("optional", "required")
@@ -73,6 +74,8 @@ class TlsSettings:
     validity_days: int = 365
     renew_before_days: int = 30
     ca_validity_days: int = 3650
+    # source generated: raising it rotates the CA now (its name carries the generation).
+    ca_generation: int = 1
     # Patroni's restapi.verify_client: "optional" checks a client certificate on unsafe
     # requests (PUT/POST/PATCH/DELETE) only, so HAProxy's GET checks need none.
     restapi_verify_client: str = "optional"
@@ -160,6 +163,11 @@ def load_tls(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
         problems.add("tls.caValidityDays", f"must be at least twice tls.validityDays ({2 * validity}): a "
                      "host certificate cannot outlive its CA, and renewals need the CA to last")
 
+    generation = as_int(problems, "tls.caGeneration", data.get("caGeneration"), 1, minimum=1)
+    if source != "generated" and "caGeneration" in data:
+        problems.add("tls.caGeneration", "is only for source generated: rotate your own CA by putting the "
+                     "new one first in tls.caCertFile")
+
     sslmode = as_str(problems, "tls.replicationSslMode", data.get("replicationSslMode"), "verify-full")
     if sslmode not in SSL_MODES:
         problems.add("tls.replicationSslMode", f"{sslmode!r} is not one of {', '.join(SSL_MODES)} "
@@ -173,7 +181,8 @@ def load_tls(problems: Problems, raw: dict[str, Any], secret_keys: set[str],
     return TlsSettings(
         enabled=enabled, explicit="enabled" in data, source=source, ca_cert_file=ca_cert_file,
         certificates=certificates, client_certificate=client, validity_days=validity, renew_before_days=renew,
-        ca_validity_days=ca_validity, restapi_verify_client=verify_client, replication_sslmode=sslmode,
+        ca_validity_days=ca_validity, ca_generation=generation, restapi_verify_client=verify_client,
+        replication_sslmode=sslmode,
         server_names=server_names,
     )
 

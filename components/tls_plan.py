@@ -44,7 +44,9 @@ class PlannedCertificate:
 
 
 def ca_common_name(cfg: ClusterConfig) -> str:
-    return f"pgha {cfg.scope} cluster CA"
+    """The stack CA's name; a new pgha:tls.caGeneration is a new name, so the CA rotates."""
+    generation = cfg.tls.ca_generation
+    return f"pgha {cfg.scope} cluster CA" + (f" {generation}" if generation > 1 else "")
 
 
 def _server(host: Host, tls: TlsSettings, also: tuple[str, ...] = ()) -> CertificateRequest:
@@ -197,7 +199,7 @@ def supplied_certificate_problems(host: Host | None, cert_pem: str, key_pem: str
         info = tls.inspect(cert_pem)
     except tls.TlsError as err:
         return [str(err)], []
-    if not tls.issued_by(cert_pem, ca_pem):
+    if not tls.issued_by_any(cert_pem, ca_pem):  # any CA of the file: it may hold the old and the new
         problems.append(f"is not signed by pgha:tls.caCertFile (its issuer is {info.issuer})")
     if host is not None:
         missing = [n for n in (host.address, host.name) if n not in (*info.ip_addresses, *info.dns_names)]
@@ -354,19 +356,24 @@ def trust_targets(cfg: ClusterConfig) -> list[TrustTarget]:
     return others + members
 
 
-def dropped_trust_problem(old_bundle: str, new_bundle: str, now: dt.datetime) -> str:
+def dropped_trust_problem(old_bundle: str, new_bundle: str, now: dt.datetime, source: str) -> str:
     """Why the trusted CAs cannot change from `old_bundle` to `new_bundle` in one `up` ('' when
     they can): a CA still valid that leaves the bundle may have signed certificates the hosts
     serve now, and the hosts restarted first would refuse the others. A new CA comes beside the
-    old one first (a stack-generated CA does so by itself; pgha:tls.caCertFile holds both, the new
-    one first); the old one leaves once nothing it signed is in use."""
+    old one first (the stack's own CA does so when it rotates; pgha:tls.caCertFile holds both,
+    the new one first); the old one leaves once nothing it signed is in use."""
     new = {ca.fingerprint for ca in tls.inspect_bundle(new_bundle)}
     still_valid = [ca for ca in tls.inspect_bundle(old_bundle)
                    if ca.fingerprint not in new and ca.not_after > now]
     if not still_valid:
         return ""
     names = ", ".join(f"{ca.common_name} (valid until {ca.not_after:%Y-%m-%d})" for ca in still_valid)
-    return (f"pgha:tls.caCertFile: the trusted CAs would no longer include {names}, which signed the "
-            "certificates the hosts use now: hosts would refuse each other while they move. Put the "
-            "new CA first and the old one after it in pgha:tls.caCertFile for this `up` (both are "
-            "trusted while every certificate is issued again), and drop the old one in a later `up`")
+    problem = (f"the trusted CAs would no longer include {names}, which signed the certificates the "
+               "hosts use now: hosts would refuse each other while they move. ")
+    if source == "generated":
+        return ("pgha:tls: " + problem + "The stack's CA was replaced rather than rotated (pulumi up "
+                "--replace?): rotate it instead by raising pgha:tls.caGeneration, which keeps the old CA "
+                "trusted beside the new one")
+    return ("pgha:tls.caCertFile: " + problem + "Put the new CA first and the old one after it in "
+            "pgha:tls.caCertFile for this `up` (both are trusted while every certificate is issued "
+            "again), and drop the old one in a later `up`")

@@ -77,12 +77,14 @@ class CertificateAuthorityProvider(_StateOnlyProvider):
     OUTPUTS = frozenset({"cert_pem", "key_pem", "trust_pem", "previous_cert_pem", "not_after", "serial",
                          "fingerprint", "issuer", "rotated"})
 
-    def _new(self, props: dict[str, Any], previous: str | None) -> dict[str, Any]:
+    def _new(self, props: dict[str, Any], trusted: str | None) -> dict[str, Any]:
+        """A new CA; every CA of `trusted` (the bundle so far) that is still valid stays trusted
+        after it (`previous_cert_pem`): a certificate one of them signed may still be in use."""
         now = self.clock()
         ca = tls.create_ca(props["common_name"], int(props["validity_days"]), now=now)
-        keep = previous if previous and tls.inspect(previous).not_after > now else None
+        keep = tls.still_valid(trusted, now) if trusted else ""
         return {**self._ints(props), "cert_pem": ca.cert_pem, "key_pem": ca.key_pem,
-                "previous_cert_pem": keep,
+                "previous_cert_pem": keep or None,
                 "trust_pem": tls.bundle(ca.cert_pem, *([keep] if keep else [])),
                 **_facts(ca.cert_pem)}
 
@@ -98,8 +100,9 @@ class CertificateAuthorityProvider(_StateOnlyProvider):
         return reasons
 
     def previous_expired(self, olds: dict[str, Any]) -> bool:
+        """Whether a previous CA still in the trust bundle has expired (it then leaves it)."""
         previous = olds.get("previous_cert_pem")
-        return bool(previous) and tls.inspect(previous).not_after <= self.clock()
+        return bool(previous) and tls.still_valid(previous, self.clock()) != tls.bundle(previous)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = self.changed(olds, news)
@@ -111,10 +114,13 @@ class CertificateAuthorityProvider(_StateOnlyProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         reasons = self.rotation_reasons(olds, news)
         if reasons:
-            return UpdateResult(outs={**self._new(news, olds["cert_pem"]), "rotated": "; ".join(reasons)})
+            return UpdateResult(outs={**self._new(news, olds.get("trust_pem") or olds["cert_pem"]),
+                                      "rotated": "; ".join(reasons)})
         outs = {**{k: olds.get(k) for k in self.OUTPUTS}, **self._ints(news)}
         if self.previous_expired(olds):
-            outs.update(previous_cert_pem=None, trust_pem=tls.bundle(olds["cert_pem"]))
+            keep = tls.still_valid(olds["previous_cert_pem"], self.clock())
+            outs.update(previous_cert_pem=keep or None,
+                        trust_pem=tls.bundle(olds["cert_pem"], *([keep] if keep else [])))
         return UpdateResult(outs=outs)
 
 

@@ -66,10 +66,15 @@ class TlsTrustProvider(HostProvider):
         old, new = olds.get("trust_pem"), news.get("trust_pem")
         # A CA being rotated is not known in a preview (an output of its update): it keeps the old one.
         if isinstance(old, str) and isinstance(new, str) and "BEGIN CERTIFICATE" in new:
-            problem = dropped_trust_problem(old, new, tls.utcnow())
-            if problem:
-                raise TrustRolloutRefused(problem)
+            self._refuse_dropping_trust(olds, news)
         return super().diff(id_, olds, news)
+
+    @staticmethod
+    def _refuse_dropping_trust(olds: dict[str, Any], news: dict[str, Any]) -> None:
+        problem = dropped_trust_problem(str(olds.get("trust_pem")), str(news["trust_pem"]), tls.utcnow(),
+                                        str(news.get("source") or "generated"))
+        if problem:
+            raise TrustRolloutRefused(problem)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(id_=f"{props['scope']}-trust", outs=public(props))
@@ -78,6 +83,8 @@ class TlsTrustProvider(HostProvider):
         if olds.get("trust_pem") == news["trust_pem"]:
             # Hosts came or went: their files are TlsFiles' to write or remove.
             return UpdateResult(outs=public(news))
+        # Known only now when the CA is being replaced: checked before any host is touched.
+        self._refuse_dropping_trust(olds, news)
         # The calls below find every host on its old certificate, and some not yet trusting the
         # new CA: pgha shows the client certificate the state had.
         with client_tls(olds.get("tls_client") or news.get("tls_client")):

@@ -378,6 +378,34 @@ def test_ca_rotation_under_write_load(stack: TlsStack) -> None:
     assert stack.project.preview_changes() == {}
 
 
+def test_ca_rotation_on_demand_keeps_every_valid_ca_trusted(stack: TlsStack) -> None:
+    """pgha:tls.caGeneration raised: a second rotation while both earlier CAs are valid. The
+    trusted CAs become three (none that may have signed a certificate in use is dropped); every
+    port serves a certificate of the newest CA; patronictl works on every node."""
+    before = json.loads(stack.project.run("stack", "output", "--json", "--show-secrets").stdout)["tlsCa"]
+    stack.config["tls"] = {**stack.config["tls"], "caGeneration": 2}
+    stack.project.write_config(stack.config)
+    changes = stack.project.preview_changes()
+    assert "pgha-lab-ca" in changes.get("update", {}) and "pgha-lab-tls-trust" in changes.get("update", {})
+    stack.project.run("up", "--yes", "--skip-preview")
+    outputs = json.loads(stack.project.run("stack", "output", "--json", "--show-secrets").stdout)
+    trusted = x509.load_pem_x509_certificates(outputs["tlsCa"].encode())
+    assert len(trusted) == 3 and all(c in trusted for c in x509.load_pem_x509_certificates(before.encode()))
+    newest = trusted[0]
+    assert newest.subject.rfc4514_string() == "CN=pgha pgha-lab cluster CA 2"
+    only = stack.ca_file.with_name("gen2-ca.crt")
+    only.write_bytes(newest.public_bytes(Encoding.PEM))
+    for address in NODES.values():
+        for port in (2379, 8008):
+            assert wait_until(lambda a=address, p=port: _chains_to(stack, only, a, p), 30,
+                              f"{address}:{port} serving a certificate of the CA of generation 2")
+    for name in NODES:
+        out = stack.lab.ssh(name, "sudo -u postgres timeout 30 patronictl -c /etc/patroni/patroni.yml list",
+                            check=False)
+        assert out.returncode == 0 and out.stdout.count("streaming") == 2, (name, out.stdout, out.stderr)
+    assert stack.project.preview_changes() == {}
+
+
 def test_destroy_removes_the_certificate_files(stack: TlsStack) -> None:
     """Last: destroy succeeds with TLS (pgha's calls with its client certificate from the state)
     and removes the files after the services that read them."""

@@ -102,11 +102,17 @@ def test_verification_refuses(ca: tls.KeyAndCertificate, server: tls.KeyAndCerti
     assert fragment in str(err.value).lower(), err.value
 
 
-def test_another_ca_does_not_verify(server: tls.KeyAndCertificate) -> None:
+def test_another_ca_does_not_verify(ca: tls.KeyAndCertificate, server: tls.KeyAndCertificate) -> None:
     other = tls.create_ca("pgha test CA", 3650, now=NOW)  # same name, another key
     assert not tls.issued_by(server.cert_pem, other.cert_pem)
     with pytest.raises(TlsError):
         tls.verify(server.cert_pem, other.cert_pem, NOW, server_name="pg1")
+    # A CA file during a rotation holds the new CA first and the old one after it.
+    rotating = tls.bundle(other.cert_pem, ca.cert_pem)
+    assert [c.fingerprint for c in tls.inspect_bundle(rotating)] == [tls.fingerprint(other.cert_pem),
+                                                                     tls.fingerprint(ca.cert_pem)]
+    assert tls.issued_by_any(server.cert_pem, rotating)
+    assert not tls.issued_by_any(server.cert_pem, other.cert_pem)
 
 
 def test_rotation_bundle_trusts_both_cas(ca: tls.KeyAndCertificate, server: tls.KeyAndCertificate) -> None:

@@ -84,6 +84,11 @@ def test_ca_rotation_keeps_the_old_ca_trusted_until_it_expires() -> None:
     new_leaf = _at(CertificateProvider(), late).create(_cert_inputs(rotated)).outs
     for leaf in (old_leaf, new_leaf):
         tls.verify(leaf["cert_pem"], rotated["trust_pem"], late, server_name="pg1")
+    # A second rotation (pgha:tls.caGeneration) while the first CA is still valid keeps it too:
+    # the trusted CAs never lose one that may have signed a certificate in use.
+    again = provider.update("id", rotated, {**inputs, "common_name": "pgha lab CA 2"}).outs
+    assert again["trust_pem"].count("BEGIN CERTIFICATE") == 3
+    assert tls.bundle(first["cert_pem"]) in again["trust_pem"] and rotated["cert_pem"] in again["trust_pem"]
     # Once the old CA has expired the next diff drops it from the bundle, and keeps the new CA.
     after = _at(CertificateAuthorityProvider(), NOW + dt.timedelta(days=801))
     assert after.diff("id", rotated, inputs).changes is True

@@ -13,7 +13,7 @@ from components.config import ClusterConfig, load_cluster_config
 from components.providers.base import HostProvider
 from components.providers.tls_files import drift_of, expected_stat, parse_read_back, read_back_script
 from components.providers.tls_trust import quorum_problem
-from components.tls_plan import dropped_trust_problem, tls_file_sets, trust_targets
+from components.tls_plan import ca_common_name, dropped_trust_problem, tls_file_sets, trust_targets
 from tests.unit.configs import lab_raw
 
 
@@ -143,8 +143,16 @@ def test_a_valid_ca_never_leaves_the_trusted_cas_with_its_certificates_in_use() 
     dropping a CA that expired (nothing it signed is still valid)."""
     now = tls.utcnow()
     old, new = tls.create_ca("old CA", 30, now=now), tls.create_ca("new CA", 3650, now=now)
-    assert dropped_trust_problem(old.cert_pem, tls.bundle(new.cert_pem, old.cert_pem), now) == ""
-    problem = dropped_trust_problem(old.cert_pem, new.cert_pem, now)
+    assert dropped_trust_problem(old.cert_pem, tls.bundle(new.cert_pem, old.cert_pem), now, "ca") == ""
+    problem = dropped_trust_problem(old.cert_pem, new.cert_pem, now, "ca")
     assert problem.startswith("pgha:tls.caCertFile: ") and "old CA (valid until" in problem
+    # The stack's own CA replaced instead of rotated (pulumi up --replace): the same refusal.
+    assert "raising pgha:tls.caGeneration" in dropped_trust_problem(old.cert_pem, new.cert_pem, now,
+                                                                     "generated")
     later = now + dt.timedelta(days=31)
-    assert dropped_trust_problem(tls.bundle(new.cert_pem, old.cert_pem), new.cert_pem, later) == ""
+    assert dropped_trust_problem(tls.bundle(new.cert_pem, old.cert_pem), new.cert_pem, later, "ca") == ""
+
+
+def test_a_new_ca_generation_renames_the_ca_so_that_it_rotates() -> None:
+    assert ca_common_name(_lab(True)) == "pgha pgha-lab cluster CA"  # as before caGeneration
+    assert ca_common_name(_lab(True, caGeneration=2)) == "pgha pgha-lab cluster CA 2"
