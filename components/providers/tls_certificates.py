@@ -114,7 +114,8 @@ class CertificateAuthorityProvider(_StateOnlyProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         reasons = self.rotation_reasons(olds, news)
         if reasons:
-            return UpdateResult(outs={**self._new(news, olds.get("trust_pem") or olds["cert_pem"]),
+            trusted = tls.bundle(olds["cert_pem"], *filter(None, [olds.get("previous_cert_pem")]))
+            return UpdateResult(outs={**self._new(news, trusted),
                                       "rotated": "; ".join(reasons)})
         outs = {**{k: olds.get(k) for k in self.OUTPUTS}, **self._ints(news)}
         if self.previous_expired(olds):
