@@ -31,7 +31,7 @@ from components import tls
 from components.providers.base import HostProvider, public
 from components.providers.etcd_member import etcd_unit_failed
 from components.tls_plan import dropped_trust_problem
-from components.transport.rest import EtcdGateway
+from components.transport.rest import EtcdGateway, RestError
 from components.transport.ssh import Ssh, SshTarget, notify, wait_for
 from components.transport.tls_client import client_tls
 
@@ -43,6 +43,13 @@ def _ssh(target: dict[str, Any], props: dict[str, Any], connect_timeout: float =
 
 class TrustRolloutRefused(RuntimeError):
     """A restart for the new CA bundle that would cost etcd its quorum."""
+
+
+def voting_members(listed: list[dict[str, Any]]) -> dict[str, str | None]:
+    """etcd's member list as {name: client URL}, voting members only (a learner is not in the
+    quorum); a member added but not started yet has no client URL and counts as not healthy."""
+    return {str(m.get("name") or m.get("ID")): (m.get("clientURLs") or [None])[0]
+            for m in listed if not m.get("isLearner")}
 
 
 def quorum_problem(member: str, others: dict[str, bool]) -> str:
@@ -137,7 +144,8 @@ class TlsTrustProvider(HostProvider):
             # still trusts the old bundle only. A stopped etcd reads it when it starts.
             if not active or not (changed or self._started_before(ssh, target["path"])):
                 return
-            others = {name: EtcdGateway(url).healthy() for name, url in members.items() if name != me}
+            others = {name: bool(url) and EtcdGateway(url).healthy()
+                      for name, url in self._voting(members).items() if name != me}
             problem = quorum_problem(me, others)
             if problem:
                 raise TrustRolloutRefused(f"{host}: {problem}")
@@ -146,6 +154,17 @@ class TlsTrustProvider(HostProvider):
                      what=f"etcd member {me} healthy again after its restart for the new CA bundle",
                      host=host, blocked=etcd_unit_failed(ssh, me), blocked_every=2.0)
         notify(host, "etcd restarted: it trusts the new CA bundle")
+
+    @staticmethod
+    def _voting(configured: dict[str, str]) -> dict[str, str | None]:
+        """The cluster's voting members as etcd lists them (a member this `up` adds is not one
+        yet), or the configured ones when no member answers."""
+        for url in configured.values():
+            try:
+                return voting_members(EtcdGateway(url).members())
+            except RestError:
+                continue
+        return dict(configured)
 
     @staticmethod
     def _started_before(ssh: Ssh, path: str) -> bool:

@@ -12,7 +12,7 @@ from components import specs, tls
 from components.config import ClusterConfig, load_cluster_config
 from components.providers.base import HostProvider
 from components.providers.tls_files import drift_of, expected_stat, parse_read_back, read_back_script
-from components.providers.tls_trust import quorum_problem
+from components.providers.tls_trust import quorum_problem, voting_members
 from components.tls_plan import ca_common_name, dropped_trust_problem, tls_file_sets, trust_targets
 from tests.unit.configs import lab_raw
 
@@ -156,3 +156,12 @@ def test_a_valid_ca_never_leaves_the_trusted_cas_with_its_certificates_in_use() 
 def test_a_new_ca_generation_renames_the_ca_so_that_it_rotates() -> None:
     assert ca_common_name(_lab(True)) == "pgha pgha-lab cluster CA"  # as before caGeneration
     assert ca_common_name(_lab(True, caGeneration=2)) == "pgha pgha-lab cluster CA 2"
+
+
+def test_the_quorum_counts_the_voting_members_etcd_lists() -> None:
+    listed = [{"ID": "1", "name": "pg1", "clientURLs": ["https://10.77.0.11:2379"]},
+              {"ID": "2", "name": "pg2", "clientURLs": ["https://10.77.0.12:2379"]},
+              {"ID": "3", "name": "", "clientURLs": []},  # added, not started: counts, not healthy
+              {"ID": "4", "name": "pg4", "clientURLs": ["https://10.77.0.14:2379"], "isLearner": True}]
+    assert voting_members(listed) == {"pg1": "https://10.77.0.11:2379", "pg2": "https://10.77.0.12:2379",
+                                      "3": None}
