@@ -832,10 +832,11 @@ class _Planner:
                               ("; the cluster moves from plaintext to TLS" if existing else ""))
         if self.changed("TlsCertificateAuthority", UPDATE):
             self.lines.append("TLS: the cluster CA rotates (it can no longer sign a certificate for a full "
-                              "term, or its name changed): the new CA is trusted beside the old one until "
-                              "that expires, and every certificate is issued again")
-            self.warn("CA rotation", "every host gets the new CA beside the old one, then new certificates "
-                                     "one host at a time (a reload each).")
+                              "term, or pgha:tls.caGeneration changed): the new CA is trusted beside the old "
+                              "one until that expires, and every certificate is issued again")
+            self.warn("CA rotation", "etcd restarts each member once, one at a time with its quorum kept, to "
+                                     "trust the new CA; only then do the hosts get their new certificates "
+                                     "(Patroni and HAProxy reload; PostgreSQL does not restart).")
         created = self.hosts(self.changed("TlsCertificate", CREATE))
         if created:
             self.lines.append(f"TLS: {len(created)} certificate(s) issued: {', '.join(created)}")
