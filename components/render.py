@@ -54,6 +54,11 @@ def patroni_unit(spec: dict[str, Any]) -> str:
     return render("patroni.service.j2", **spec)
 
 
+def etcd_unit_drop_in(spec: dict[str, Any]) -> str:
+    """/etc/systemd/system/etcd.service.d/pgha.conf: start after the network, retry a failed start."""
+    return render("etcd-service-pgha.conf.j2", **spec)
+
+
 def etcd_env(spec: dict[str, Any], initial_cluster: str, state: str) -> str:
     """/etc/default/etcd; https with client certificates when the spec has `tls` (pgha:tls)."""
     tls = spec.get("tls")

@@ -33,6 +33,8 @@ from components.transport.rest import EtcdGateway, RestError, etcd_peer_members
 from components.transport.ssh import Ssh, SshError, SshTarget, UnitStopped, notify, wait_for
 
 ENV_FILE = "/etc/default/etcd"
+# pgha's drop-in for Debian's unit (templates/etcd-service-pgha.conf.j2).
+DROP_IN = "/etc/systemd/system/etcd.service.d/pgha.conf"
 # The settings in /etc/default/etcd that make a host's etcd this member of this cluster.
 IDENTITY = ("ETCD_NAME", "ETCD_DATA_DIR", "ETCD_LISTEN_PEER_URLS", "ETCD_INITIAL_CLUSTER_TOKEN")
 
@@ -314,8 +316,14 @@ def etcd_unit_failed(ssh: Ssh, name: str) -> Callable[[], str | None]:
     stopped = UnitStopped()
 
     def check() -> str | None:
-        state = ssh.run("systemctl is-active etcd", step="check etcd", check=False).stdout.strip()
-        if not stopped(state):
+        # A failed start that systemd will try again (pgha's drop-in: Restart=on-failure) shows
+        # as `activating` in the auto-restart sub-state: it failed, and its journal says why.
+        out = ssh.run("systemctl show -p ActiveState -p SubState etcd", step="check etcd", check=False).stdout
+        fields = dict(line.partition("=")[::2] for line in out.split())
+        state = fields.get("ActiveState", "")
+        if fields.get("SubState") == "auto-restart":
+            state = "failed (systemd will start it again)"
+        elif not stopped(state):
             return None
         journal = ssh.run("journalctl -u etcd -n 5 --no-pager -o cat", step="read etcd's journal",
                           check=False).stdout.strip()[-1000:]
@@ -373,6 +381,7 @@ class EtcdMemberProvider(HostProvider):
                 "{ echo 'etcd is not installed (Debian: etcd-server)'; exit 1; }",
                 step="check etcd is installed")
         changed = False
+        self._write_drop_in(ssh, props)
         if not keep_config:
             content = render.etcd_env(props, initial, state)
             changed = ssh.write_file(ENV_FILE, content, step="write /etc/default/etcd")
@@ -383,6 +392,15 @@ class EtcdMemberProvider(HostProvider):
                     step="start etcd")
         else:
             ssh.run("systemctl enable etcd >/dev/null 2>&1", step="enable etcd")
+
+    @staticmethod
+    def _write_drop_in(ssh: Ssh, props: dict[str, Any]) -> None:
+        """The unit waits for the network and retries a failed start (Debian's restarts only on
+        a signal or a timeout): after a reboot that raced the network, the member comes back."""
+        directory = shlex.quote(DROP_IN.rsplit("/", 1)[0])
+        ssh.run(f"install -d -m 0755 {directory}", step="make etcd's drop-in dir")
+        if ssh.write_file(DROP_IN, render.etcd_unit_drop_in(props), step=f"write {DROP_IN}"):
+            ssh.run("systemctl daemon-reload", step="reload systemd for etcd's drop-in")
 
     @staticmethod
     def _unit_failed(ssh: Ssh | None, props: dict[str, Any]) -> Callable[[], str | None] | None:
@@ -569,8 +587,9 @@ class EtcdMemberProvider(HostProvider):
                     return
                 d = shlex.quote(props["data_dir"])
                 ssh.run("systemctl disable --now etcd >/dev/null 2>&1 || true; "
-                        f"if [ -d {d} ]; then mv {d} {d}.removed-$(date +%s); fi",
-                        step="stop etcd and set its data dir aside")
+                        f"if [ -d {d} ]; then mv {d} {d}.removed-$(date +%s); fi; "
+                        f"if [ -f {DROP_IN} ]; then rm -f {DROP_IN}; systemctl daemon-reload; fi",
+                        step="stop etcd, set its data dir aside and remove pgha's drop-in")
         except SshError as err:
             if err.step != "connect over SSH":
                 raise

@@ -82,6 +82,9 @@ def test_files_and_services_on_hosts(deployed: Deployed) -> None:
         assert distro.strip() == "disabled", (name, distro)
         active = deployed.lab.ssh(name, "systemctl is-active patroni etcd", check=False).stdout.split()
         assert active == ["active", "active"], (name, active)
+        # pgha's drop-in: etcd waits for the network after a reboot and a failed start is retried.
+        unit = deployed.lab.ssh(name, "systemctl show -p Restart -p After etcd").stdout
+        assert "Restart=on-failure" in unit and "network-online.target" in unit, (name, unit)
     assert deployed.lab.ssh("pg4", "systemctl is-active haproxy").stdout.strip() == "active"
 
 
@@ -180,6 +183,8 @@ def test_destroy_removes_dcs_keys_then_everything(deployed: Deployed) -> None:
     deployed.cli.run("destroy", "--yes", "--skip-preview", "--stack", "lab")
     for name in NODES:
         assert deployed.lab.ssh(name, "systemctl is-active etcd", check=False).stdout.strip() != "active"
+        assert deployed.lab.ssh(name, "test -e /etc/systemd/system/etcd.service.d/pgha.conf",
+                                check=False).returncode == 1, f"{name}: pgha's etcd drop-in is left"
         data = deployed.lab.ssh(
             name, "sudo test -s /var/lib/postgresql/15/pgha-lab/PG_VERSION && echo kept", check=False
         ).stdout.strip()
