@@ -860,8 +860,8 @@ class _Planner:
             etcd = [str(t.get("host")) for t in step.inputs.get("targets") or [] if t.get("restart")]
             self.lines.append("TLS: the trusted CAs change: every host gets the new CA bundle before any "
                               "new certificate is served" +
-                              (f"; etcd restarts one member at a time ({', '.join(etcd)}): it reads its "
-                               "CAs only when it starts" if etcd else ""))
+                              (f"; etcd restarts one member at a time ({', '.join(etcd)}; the raft leader "
+                               "last): it reads its CAs only when it starts" if etcd else ""))
 
     # What TlsFiles does on its host, by operation.
     FILES_WORDS: ClassVar[tuple[tuple[str, str], ...]] = (

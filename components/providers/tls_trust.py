@@ -52,6 +52,12 @@ def voting_members(listed: list[dict[str, Any]]) -> dict[str, str | None]:
             for m in listed if not m.get("isLearner")}
 
 
+def leader_last(members: list[dict[str, Any]], leader: str | None) -> list[dict[str, Any]]:
+    """The etcd members in the order they restart: the raft leader last, so that the cluster
+    elects a leader once, not at every restart that happens to hit the newly elected one."""
+    return sorted(members, key=lambda t: t["host"] == leader)
+
+
 def quorum_problem(member: str, others: dict[str, bool]) -> str:
     """Why restarting `member` now would leave etcd without a quorum ('' when it would not):
     `others` is every other member and whether it is healthy."""
@@ -98,7 +104,8 @@ class TlsTrustProvider(HostProvider):
             targets = list(news["targets"])
             for target in (t for t in targets if not t["restart"]):
                 self._write(target, news)
-            for target in (t for t in targets if t["restart"]):
+            members = [t for t in targets if t["restart"]]
+            for target in leader_last(members, self._leader(dict(news["etcd_members"]))):
                 self._roll_etcd(target, news)
         return UpdateResult(outs=public(news))
 
@@ -154,6 +161,19 @@ class TlsTrustProvider(HostProvider):
                      what=f"etcd member {me} healthy again after its restart for the new CA bundle",
                      host=host, blocked=etcd_unit_failed(ssh, me), blocked_every=2.0)
         notify(host, "etcd restarted: it trusts the new CA bundle")
+
+    @staticmethod
+    def _leader(configured: dict[str, str]) -> str | None:
+        """The name of etcd's raft leader now, if a member says."""
+        for url in configured.values():
+            gateway = EtcdGateway(url)
+            try:
+                leader = str(gateway.status().get("leader", ""))
+                listed = gateway.members()
+            except RestError:
+                continue
+            return next((str(m.get("name")) for m in listed if str(m.get("ID")) == leader), None)
+        return None
 
     @staticmethod
     def _voting(configured: dict[str, str]) -> dict[str, str | None]:

@@ -12,7 +12,7 @@ from components import specs, tls
 from components.config import ClusterConfig, load_cluster_config
 from components.providers.base import HostProvider
 from components.providers.tls_files import drift_of, expected_stat, parse_read_back, read_back_script
-from components.providers.tls_trust import quorum_problem, voting_members
+from components.providers.tls_trust import leader_last, quorum_problem, voting_members
 from components.tls_plan import ca_common_name, dropped_trust_problem, tls_file_sets, trust_targets
 from tests.unit.configs import lab_raw
 
@@ -165,3 +165,9 @@ def test_the_quorum_counts_the_voting_members_etcd_lists() -> None:
               {"ID": "4", "name": "pg4", "clientURLs": ["https://10.77.0.14:2379"], "isLearner": True}]
     assert voting_members(listed) == {"pg1": "https://10.77.0.11:2379", "pg2": "https://10.77.0.12:2379",
                                       "3": None}
+
+
+def test_the_etcd_leader_restarts_last() -> None:
+    members = [{"host": "pg1"}, {"host": "pg2"}, {"host": "pg3"}]
+    assert [m["host"] for m in leader_last(members, "pg1")] == ["pg2", "pg3", "pg1"]
+    assert [m["host"] for m in leader_last(members, None)] == ["pg1", "pg2", "pg3"]
