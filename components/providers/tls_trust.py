@@ -30,15 +30,11 @@ from pulumi.dynamic import CreateResult, DiffResult, UpdateResult
 from components import tls
 from components.providers.base import HostProvider, public
 from components.providers.etcd_member import etcd_unit_failed
+from components.providers.tls_files import RELOAD
 from components.tls_plan import dropped_trust_problem
 from components.transport.rest import EtcdGateway, RestError
-from components.transport.ssh import Ssh, SshTarget, notify, wait_for
+from components.transport.ssh import Ssh, notify, wait_for
 from components.transport.tls_client import client_tls
-
-
-def _ssh(target: dict[str, Any], props: dict[str, Any], connect_timeout: float = 15.0) -> Ssh:
-    return Ssh(SshTarget.from_props(target["connection"], props.get("ssh_private_key")),
-               connect_timeout=connect_timeout)
 
 
 class TrustRolloutRefused(RuntimeError):
@@ -109,8 +105,11 @@ class TlsTrustProvider(HostProvider):
                 self._roll_etcd(target, news)
         return UpdateResult(outs=public(news))
 
-    @staticmethod
-    def _write(target: dict[str, Any], props: dict[str, Any], ssh: Ssh | None = None) -> bool:
+    def _host_ssh(self, target: dict[str, Any], props: dict[str, Any]) -> Ssh:
+        """SSH to one target's host, with the stack's key."""
+        return self.ssh({"connection": target["connection"], "ssh_private_key": props.get("ssh_private_key")})
+
+    def _write(self, target: dict[str, Any], props: dict[str, Any], ssh: Ssh | None = None) -> bool:
         """The bundle into the target's file, where its directory exists (a host still being
         added gets it from its TlsFiles). True when the file changed."""
         path = target["path"]
@@ -125,13 +124,12 @@ class TlsTrustProvider(HostProvider):
                                      owner=target["owner"], group=target["group"],
                                      step=f"write the CA bundle {path}")
             if changed and target["service"] == "haproxy":
-                ssh.run("if systemctl is-active -q haproxy; then systemctl reload haproxy; fi",
-                        step="reload haproxy for the new CA bundle")
+                ssh.run(RELOAD["haproxy"], step="reload haproxy for the new CA bundle")
             return changed
 
         if ssh is not None:
             return write(ssh)
-        with _ssh(target, props) as own:
+        with self._host_ssh(target, props) as own:
             changed = write(own)
         if changed:
             notify(target["connection"]["host"], f"{target['service']}: the new CA bundle is in place")
@@ -142,7 +140,7 @@ class TlsTrustProvider(HostProvider):
         host = target["connection"]["host"]
         members: dict[str, str] = dict(props["etcd_members"])
         me = target["host"]
-        with _ssh(target, props) as ssh:
+        with self._host_ssh(target, props) as ssh:
             # The file first: etcd reads it only when it starts.
             changed = self._write(target, props, ssh)
             active = ssh.run("systemctl is-active -q etcd && echo active || echo inactive",

@@ -306,6 +306,23 @@ def _chains_to(stack: TlsStack, ca_file: Path, address: str, port: int) -> bool:
         return False
 
 
+def _every_port_serves(stack: TlsStack, ca_file: Path, what: str) -> None:
+    """Every node's etcd and REST port serves a certificate that `ca_file` alone verifies."""
+    for address in NODES.values():
+        for port in (2379, 8008):
+            assert wait_until(lambda a=address, p=port: _chains_to(stack, ca_file, a, p), 30,
+                              f"{address}:{port} serving a certificate of {what}")
+
+
+def _patronictl_works_on_every_node(stack: TlsStack) -> None:
+    """Each node's patronictl shows its current certificate to etcd and to the other nodes' REST
+    APIs: refused (or hanging) while a member trusts only another CA."""
+    for name in NODES:
+        out = stack.lab.ssh(name, "sudo -u postgres timeout 30 patronictl -c /etc/patroni/patroni.yml list",
+                            check=False)
+        assert out.returncode == 0 and out.stdout.count("streaming") == 2, (name, out.stdout, out.stderr)
+
+
 def test_ca_rotation_under_write_load(stack: TlsStack) -> None:
     """The CA can no longer sign a full-term host certificate (tls.validityDays beyond what it has
     left): `up` rotates it in place under a write load. The new CA goes out beside the old one,
@@ -349,10 +366,7 @@ def test_ca_rotation_under_write_load(stack: TlsStack) -> None:
     bundle.write_text(outputs["tlsCa"])
     new_only = stack.ca_file.with_name("new-ca.crt")
     new_only.write_bytes(new_ca.public_bytes(Encoding.PEM))
-    for address in NODES.values():
-        for port in (2379, 8008):
-            assert wait_until(lambda a=address, p=port: _chains_to(stack, new_only, a, p), 30,
-                              f"{address}:{port} serving a certificate of the new CA")
+    _every_port_serves(stack, new_only, "the new CA")
     # The old CA's client certificate (pg1's first one) is still accepted: etcd and the REST API.
     for name, address in NODES.items():
         resp = requests.get(f"https://{address}:2379/health", verify=str(bundle), cert=stack.client,
@@ -367,12 +381,7 @@ def test_ca_rotation_under_write_load(stack: TlsStack) -> None:
         walsenders = conn.execute(
             "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)").fetchall()
     assert len(walsenders) == 2 and all(ssl_on for (ssl_on,) in walsenders), walsenders
-    # Each node's patronictl shows its new certificate to etcd and to the other nodes' REST APIs:
-    # refused (or hanging) while a member trusted only the old CA.
-    for name in NODES:
-        out = stack.lab.ssh(name, "sudo -u postgres timeout 30 patronictl -c /etc/patroni/patroni.yml list",
-                            check=False)
-        assert out.returncode == 0 and out.stdout.count("streaming") == 2, (name, out.stdout, out.stderr)
+    _patronictl_works_on_every_node(stack)
     # HAProxy's checks show its new client certificate (restApiVerifyClient: required).
     test_haproxy_checks_over_https(stack)
     assert stack.project.preview_changes() == {}
@@ -395,14 +404,8 @@ def test_ca_rotation_on_demand_keeps_every_valid_ca_trusted(stack: TlsStack) -> 
     assert newest.subject.rfc4514_string() == "CN=pgha pgha-lab cluster CA 2"
     only = stack.ca_file.with_name("gen2-ca.crt")
     only.write_bytes(newest.public_bytes(Encoding.PEM))
-    for address in NODES.values():
-        for port in (2379, 8008):
-            assert wait_until(lambda a=address, p=port: _chains_to(stack, only, a, p), 30,
-                              f"{address}:{port} serving a certificate of the CA of generation 2")
-    for name in NODES:
-        out = stack.lab.ssh(name, "sudo -u postgres timeout 30 patronictl -c /etc/patroni/patroni.yml list",
-                            check=False)
-        assert out.returncode == 0 and out.stdout.count("streaming") == 2, (name, out.stdout, out.stderr)
+    _every_port_serves(stack, only, "the CA of generation 2")
+    _patronictl_works_on_every_node(stack)
     assert stack.project.preview_changes() == {}
 
 
