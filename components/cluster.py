@@ -35,13 +35,23 @@ class PostgresHaCluster(pulumi.ComponentResource):
         self.backup = Backup(f"{cfg.scope}-backup", cfg, raw_config, secrets, self.etcd.guard,
                              child) if cfg.backup is not None else None
         before_patroni = self.backup.prerequisites if self.backup is not None else []
+        balancers: list[HAProxy] = []
+
+        def balancer_tls_files() -> list[pulumi.Resource]:
+            # HAProxy's CA file (a move to TLS checks each node over https as soon as it serves
+            # it): delivered after Patroni's certificate files, before Patroni's nodes.
+            balancers.append(HAProxy(f"{cfg.scope}-haproxy", cfg, secrets, child, self.tls))
+            return [f for files in balancers[0].tls_files.values() for f in files]
+
         self.patroni = PatroniClusterComponent(f"{cfg.scope}-patroni", cfg, secrets,
                                                etcd_members + before_patroni, self.etcd.guard, child,
-                                               self.tls)
+                                               self.tls, self.etcd.tls_move, balancer_tls_files)
         if self.backup is not None:
             self.backup.add_stanza([self.patroni.dynamic_config], self.tls)
-        self.haproxy = HAProxy(f"{cfg.scope}-haproxy", cfg, secrets, self.patroni.leader_ready, child,
-                               self.tls)
+        if not balancers:
+            balancer_tls_files()
+        self.haproxy = balancers[0]
+        self.haproxy.balance(self.patroni.leader_ready)
         self.register_outputs({
             "primary": self.haproxy.primary_endpoints,
             "replicas": self.haproxy.replica_endpoints,

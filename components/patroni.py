@@ -4,6 +4,7 @@ per host, and the database roles created on the leader."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pulumi
@@ -15,11 +16,13 @@ from components.config import ClusterConfig, Host
 from components.host_install import PatroniHostInstall, PatroniHostInstallArgs, wheelhouse_archive
 from components.resources import (
     DatabaseRole,
+    EtcdTlsMove,
     PatroniBootstrap,
     PatroniCluster,
     PatroniDynamicConfig,
     PatroniLeader,
     PatroniNode,
+    PatroniTlsMove,
 )
 from components.secrets import ClusterSecrets
 from components.tls_plan import tls_file_sets
@@ -59,7 +62,9 @@ class PatroniClusterComponent(pulumi.ComponentResource):
 
     def __init__(self, name: str, cfg: ClusterConfig, secrets: ClusterSecrets,
                  depends_on: list[pulumi.Resource], guard: pulumi.Resource,
-                 opts: pulumi.ResourceOptions | None = None, tls: ClusterCertificates | None = None) -> None:
+                 opts: pulumi.ResourceOptions | None = None, tls: ClusterCertificates | None = None,
+                 etcd_tls_move: EtcdTlsMove | None = None,
+                 balancer_tls_files: Callable[[], list[pulumi.Resource]] | None = None) -> None:
         super().__init__("pgha:index:PatroniCluster", name, None, opts)
         patroni_secrets = secrets.patroni()
         # pgha:tls: pgha's client certificate for its calls to etcd and Patroni.
@@ -101,13 +106,31 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                                                        depends_on=[self.installs[host.name], *previous]),
                                 extra={"rest_endpoint": f"{host.address}:{cfg.patroni.restapi_port}"})
                     for files in tls_file_sets(cfg, host) if files.service == "patroni"]
+        # pgha:tls: a plaintext cluster's move to TLS (its etcd moved first) restarts every Patroni
+        # with TLS before any node's update; nothing on a new cluster or one on TLS already.
+        moved: list[pulumi.Resource] = []
+        self.tls_move: PatroniTlsMove | None = None
+        if tls is not None and etcd_tls_move is not None:
+            balancer_files = balancer_tls_files() if balancer_tls_files is not None else []
+            move_props: dict[str, Any] = {
+                "scope": cfg.scope, "etcd_found": etcd_tls_move.found,
+                "nodes": [node_props(h) for h in cfg.with_role("patroni")],
+                "haproxy": [{"connection": specs.connection(h), **specs.haproxy_spec(cfg)}
+                            for h in cfg.with_role("haproxy")],
+                **client}
+            self.tls_move = PatroniTlsMove(
+                f"{cfg.scope}-patroni-tls-move", _with_key(move_props, secrets),
+                pulumi.ResourceOptions(parent=self, depends_on=[
+                    etcd_tls_move, self.cluster, *depends_on, *self.installs.values(),
+                    *[f for files in self.tls_files.values() for f in files], *balancer_files]))
+            moved = [self.tls_move]
         # A new cluster's bootstrap begins on the first host before any node's create begins;
         # an existing one is left alone (see providers/patroni_bootstrap.py).
         self.bootstrap = PatroniBootstrap(
             f"{cfg.scope}-bootstrap", node_props(first),
             pulumi.ResourceOptions(parent=self,
                                    depends_on=[self.installs[first.name], self.cluster, *depends_on,
-                                               *self.tls_files[first.name]]),
+                                               *self.tls_files[first.name], *moved]),
         )
         for host in cfg.with_role("patroni"):
             # A node added later starts once the leader's pg_hba admits it (checked by
@@ -116,7 +139,7 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                 f"{cfg.scope}-node-{host.name}", node_props(host),
                 pulumi.ResourceOptions(parent=self, depends_on=[self.installs[host.name], self.cluster,
                                                                 self.bootstrap, *depends_on,
-                                                                *self.tls_files[host.name]],
+                                                                *self.tls_files[host.name], *moved],
                                        # Seeds a new cluster only: never a change of a running node.
                                        ignore_changes=["bootstrap", "bootstrap_leader"]),
             )

@@ -23,6 +23,7 @@ from components.providers.patroni_cluster import PatroniClusterProvider
 from components.providers.patroni_node import PatroniNodeProvider
 from components.providers.tls_certificates import CertificateAuthorityProvider, CertificateProvider
 from components.providers.tls_files import TlsFilesProvider
+from components.providers.tls_move import EtcdTlsMoveProvider, PatroniTlsMoveProvider
 from components.providers.tls_trust import TlsTrustProvider
 
 # tls_client: pgha's own TLS client identity (pgha:tls), its key included.
@@ -158,3 +159,21 @@ class TlsTrust(Resource, module="pgha", name="TlsTrust"):
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(TlsTrustProvider(), name, props, _opts(opts))
+
+
+class EtcdTlsMove(Resource, module="pgha", name="EtcdTlsMove"):
+    """A plaintext cluster's etcd moving to TLS, before any member's update; nothing on a new or
+    TLS cluster (components/providers/tls_move.py). `found`: new, tls or moving."""
+
+    found: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(EtcdTlsMoveProvider(), name, {"found": None, **props}, _opts(opts))
+
+
+class PatroniTlsMove(Resource, module="pgha", name="PatroniTlsMove"):
+    """The Patroni nodes (and HAProxy's checks) of a cluster whose etcd moved to TLS, before any
+    node's update (components/providers/tls_move.py)."""
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(PatroniTlsMoveProvider(), name, props, _opts(opts))

@@ -850,6 +850,7 @@ class _Planner:
         if dropped:
             self.lines.append(f"TLS: certificate(s) no longer needed: {', '.join(dropped)}")
         self.trust()
+        self.move_to_tls()
         self.certificate_files()
 
     def trust(self) -> None:
@@ -862,6 +863,22 @@ class _Planner:
                               "new certificate is served" +
                               (f"; etcd restarts one member at a time ({', '.join(etcd)}; the raft leader "
                                "last): it reads its CAs only when it starts" if etcd else ""))
+
+    def move_to_tls(self) -> None:
+        """A running plaintext cluster moving to TLS (EtcdTlsMove, PatroniTlsMove: created with
+        TLS; on a new cluster they touch no host and say nothing)."""
+        if not self.changed("EtcdTlsMove", CREATE) or not self.top.nodes_before:
+            return
+        nodes = ", ".join(self.top.nodes_before)
+        self.lines.append(
+            "TLS: the running cluster moves to TLS, with no switchover and no PostgreSQL restart: Patroni "
+            "pauses; etcd is restored from one snapshot on every member with https peers (a listener serves "
+            f"http or https, not both); each Patroni ({nodes}) restarts with TLS, the leader first, and "
+            "HAProxy checks it over https as soon as it serves https; then the pause ends")
+        self.warn("Move to TLS", "no automatic failover while Patroni is paused (until this `up` ends the "
+                                 "move); writes through HAProxy stop while the leader's Patroni restarts (a "
+                                 "few seconds). Afterwards PostgreSQL admits other hosts only over TLS "
+                                 "(hostssl): a client with sslmode=disable is refused.")
 
     # What TlsFiles does on its host, by operation.
     FILES_WORDS: ClassVar[tuple[tuple[str, str], ...]] = (

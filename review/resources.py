@@ -19,7 +19,8 @@ INSTALL_PARTS = ("wheelhouse", "patroni", "distro", "unit", "cleanup")
 KINDS = ("MembershipGuard", "EtcdMember", "PatroniCluster", "PatroniInstall", INSTALL, "BackupIdentity",
          "BackupRepository", "BackupNode", "BackupRestore", "PatroniBootstrap", "PatroniNode",
          "PatroniDynamicConfig", "PatroniLeader", "BackupStanza", "HAProxyConfig", "DatabaseRole",
-         "GeneratedPassword", "TlsCertificateAuthority", "TlsCertificate", "TlsFiles", "TlsTrust")
+         "GeneratedPassword", "TlsCertificateAuthority", "TlsCertificate", "TlsFiles", "TlsTrust",
+         "EtcdTlsMove", "PatroniTlsMove")
 # Resources whose `name` input is the host's or the role's name.
 _NAMED_BY_INPUT = ("EtcdMember", "PatroniNode", "PatroniBootstrap", "DatabaseRole", "BackupNode",
                    "TlsCertificate")

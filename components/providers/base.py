@@ -134,19 +134,16 @@ class HostProvider(ResourceProvider):
 
 
 def tls_switch_refused(olds: dict[str, Any], news: dict[str, Any]) -> str:
-    """Why a deployed service cannot switch between plaintext and TLS in this `up` ('' when it is
-    no switch). Moving a running cluster (etcd peers, Patroni, PostgreSQL) one member at a time is
-    not implemented yet; applied in one step it would split etcd and stop the cluster."""
+    """Why a deployed service cannot switch between plaintext and TLS in this `up` ('' when it
+    can, or it is no switch). A plaintext cluster moves to TLS (providers/tls_move.py); moving a
+    cluster on TLS back to plaintext is not done: it would send the DCS and the REST API's
+    credentials in clear again."""
     if "tls" not in olds and "tls" not in news:
         return ""
-    if bool(olds.get("tls")) == bool(news.get("tls")):
+    if bool(olds.get("tls")) == bool(news.get("tls")) or news.get("tls"):
         return ""
     where = (olds.get("connection") or {}).get("host") or olds.get("name") or "this host"
-    if news.get("tls"):
-        return (f"{where} runs in plaintext and pgha:tls is on (its default when pgha:tls is absent): "
-                "pgha cannot yet move a deployed cluster to TLS. Set pgha:tls.enabled: false to keep "
-                "it in plaintext; a new stack deploys with TLS from the start")
-    return (f"{where} runs with TLS and pgha:tls.enabled is false: pgha cannot yet move a deployed "
+    return (f"{where} runs with TLS and pgha:tls.enabled is false: pgha does not move a deployed "
             "cluster back to plaintext. Set pgha:tls.enabled: true")
 
 

@@ -57,6 +57,15 @@ def _my_client(props: dict[str, Any]) -> str:
     return f"{_scheme(props)}://{props['address']}:{props['client_port']}"
 
 
+def founding_peers(props: dict[str, Any]) -> dict[str, str]:
+    """The founding members' peer URLs ({name: URL}) in this member's scheme: the state keeps the
+    ones a cluster was founded with (bootstrap_cluster is create-only), which were http if it
+    moved to TLS since (providers/tls_move.py)."""
+    scheme = _scheme(props)
+    return {name: f"{scheme}://{url.split('://', 1)[-1]}"
+            for name, url in (props.get("bootstrap_cluster") or {}).items()}
+
+
 def served_members(props: dict[str, Any], peer: str) -> list[dict[str, Any]] | None:
     """The member list the member at `peer` serves, or None if it does not answer.
 
@@ -87,7 +96,7 @@ def _other_gateways(props: dict[str, Any]) -> list[EtcdGateway]:
     """
     mine = _peer_url(props)
     gateways = []
-    for peer in props.get("bootstrap_cluster", {}).values():
+    for peer in founding_peers(props).values():
         if peer == mine:
             continue
         members = served_members(props, peer)
@@ -112,7 +121,7 @@ def _member_by_peer(members: list[dict[str, Any]], peer_url: str) -> dict[str, A
 
 
 def _our_peers(props: dict[str, Any]) -> set[str]:
-    return {*props.get("bootstrap_cluster", {}).values(), _peer_url(props)}
+    return {*founding_peers(props).values(), _peer_url(props)}
 
 
 def _is_our_cluster(members: list[dict[str, Any]], props: dict[str, Any]) -> bool:
@@ -293,7 +302,7 @@ def peer_states(props: dict[str, Any]) -> dict[str, str]:
     """What every other founding member holds, when no member of the cluster answers."""
     mine = _peer_url(props)
     states = {}
-    for name, peer in sorted(props.get("bootstrap_cluster", {}).items()):
+    for name, peer in sorted(founding_peers(props).items()):
         if peer == mine:
             continue
         members = served_members(props, peer)
@@ -344,7 +353,7 @@ class EtcdMemberProvider(HostProvider):
         peer = _peer_url(props)
         cluster = _find_cluster(props)
         if cluster is None:
-            founding = ",".join(f"{n}={u}" for n, u in sorted(props["bootstrap_cluster"].items()))
+            founding = ",".join(f"{n}={u}" for n, u in sorted(founding_peers(props).items()))
             return founding, "new", None
         members = cluster.members()
         me = _member_by_peer(members, peer)
@@ -548,7 +557,7 @@ class EtcdMemberProvider(HostProvider):
         try:
             members = cluster.members()
         except RestError:
-            return ",".join(f"{n}={u}" for n, u in sorted(props["bootstrap_cluster"].items()))
+            return ",".join(f"{n}={u}" for n, u in sorted(founding_peers(props).items()))
         return ",".join(sorted(f"{m['name'] or props['name']}={m['peerURLs'][0]}" for m in members))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:

@@ -49,7 +49,8 @@ class HAProxyConfigProvider(HostProvider):
     def upgrade(self, props: dict[str, Any]) -> dict[str, Any]:
         return state_upgrade.haproxy_config(props)
 
-    def _apply(self, ssh: Ssh, props: dict[str, Any]) -> None:
+    def apply_config(self, ssh: Ssh, props: dict[str, Any]) -> None:
+        """Write haproxy.cfg (checked with `haproxy -c` first) and start or reload HAProxy if it changed."""
         text = render.haproxy_cfg(props)
         ssh.run(f"[ -f {ORIGINAL} ] || cp -p {CONFIG} {ORIGINAL}", step="keep the original haproxy.cfg")
         candidate = f"{CONFIG}.pgha-new"
@@ -81,14 +82,14 @@ class HAProxyConfigProvider(HostProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         with self.ssh(props) as ssh:
-            self._apply(ssh, props)
+            self.apply_config(ssh, props)
         primary = self._wait_primary(props)
         return CreateResult(id_=f"{props['scope']}/{props['connection']['host']}/haproxy",
                             outs=self._outs(props, primary))
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         with self.ssh(news) as ssh:
-            self._apply(ssh, news)
+            self.apply_config(ssh, news)
         return UpdateResult(outs=self._outs(news, self._wait_primary(news)))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:

@@ -41,6 +41,7 @@ from components.providers.patroni_node import (
     host_clock,
     probe_node,
     wait_for_dcs,
+    write_patroni_config,
 )
 from components.specs import HBA_REPLICATION
 from components.transport.rest import EtcdGateway, RestError
@@ -216,7 +217,7 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
                 bootstrapped = not has_data(found.get(props["name"], ""))
                 with self.ssh(props) as ssh:
                     since = host_clock(ssh)
-                    self._write_config(ssh, props)
+                    write_patroni_config(ssh, props)
                     ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
                             step="start patroni on the first host")
                     if bootstrapped:

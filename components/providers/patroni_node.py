@@ -398,6 +398,16 @@ def probe_node(ssh: Ssh, props: dict[str, Any]) -> NodeOnHost:
     return parse_node_probe(out.stdout)
 
 
+def write_patroni_config(ssh: Ssh, props: dict[str, Any]) -> bool:
+    """The node's patroni.yml (0600, postgres) and its data directory; True when the file changed."""
+    data_dir = shlex.quote(props["data_dir"])
+    ssh.run(f"install -d -o postgres -g postgres -m 0700 {data_dir}",
+            step="create the PostgreSQL data directory")
+    text = render.patroni_yml(props, props["secrets"])
+    return ssh.write_file(props["config_file"], text, step="write patroni.yml", mode="0600",
+                          owner="postgres", group="postgres")
+
+
 class PatroniNodeProvider(HostProvider):
     CREATE_ONLY = frozenset({"bootstrap", "bootstrap_leader"})
     REPLACE_ON = frozenset({"name", "address", "scope", "namespace", "data_dir", "pg_port"})
@@ -409,14 +419,6 @@ class PatroniNodeProvider(HostProvider):
         if key == "pg_hba":
             return state_upgrade.same_pg_hba(old, new)
         return super().same(key, old, new)
-
-    def _write_config(self, ssh: Ssh, props: dict[str, Any]) -> bool:
-        data_dir = shlex.quote(props["data_dir"])
-        ssh.run(f"install -d -o postgres -g postgres -m 0700 {data_dir}",
-                step="create the PostgreSQL data directory")
-        text = render.patroni_yml(props, props["secrets"])
-        return ssh.write_file(props["config_file"], text, step="write patroni.yml", mode="0600",
-                              owner="postgres", group="postgres")
 
     def _wait_ready(self, ssh: Ssh, props: dict[str, Any], timeout: float, since: int | None = None
                     ) -> dict[str, Any]:
@@ -585,7 +587,7 @@ class PatroniNodeProvider(HostProvider):
             if plan.action == "stop":
                 raise SshError(address, "check the node before starting Patroni", plan.reason)
             since = host_clock(ssh)
-            changed = self._write_config(ssh, props)
+            changed = write_patroni_config(ssh, props)
             beside = False  # started beside a bootstrap under way
             if host.active == "active":
                 if changed:

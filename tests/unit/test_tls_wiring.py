@@ -98,19 +98,19 @@ def test_a_renewed_client_certificate_is_no_change_of_a_resource() -> None:
     assert provider.changed_keys(olds, {**olds, "tls_client": {"cert_pem": "new"}}) == []
 
 
-def test_a_deployed_service_does_not_switch_between_plaintext_and_tls() -> None:
-    """Migration is not implemented: the preview fails naming pgha:tls.enabled, either way."""
+def test_a_deployed_service_moves_to_tls_but_not_back() -> None:
+    """Plaintext -> TLS is an update (providers/tls_move.py moves the cluster first); TLS ->
+    plaintext fails the preview naming pgha:tls.enabled."""
     plain = {"name": "pg1", "connection": {"host": "10.77.0.11"}, "address": "10.77.0.11"}
     secured = {**plain, "tls": {"ca_file": "/etc/etcd/pgha-tls/ca.crt"}}
     provider = HostProvider()
-    for olds, news, words in ((plain, secured, "pgha:tls.enabled: false to keep it in plaintext"),
-                              (secured, plain, "pgha:tls.enabled: true")):
-        try:
-            provider.diff("id", olds, news)
-        except RuntimeError as err:
-            assert str(err).startswith("10.77.0.11 runs") and words in str(err), err
-        else:
-            raise AssertionError("a switch must be refused")
+    assert provider.diff("id", plain, secured).changes is None  # the engine shows `tls` added
+    try:
+        provider.diff("id", secured, plain)
+    except RuntimeError as err:
+        assert str(err).startswith("10.77.0.11 runs with TLS") and "pgha:tls.enabled: true" in str(err), err
+    else:
+        raise AssertionError("a move back to plaintext must be refused")
     assert provider.diff("id", secured, secured).changes is False
     assert provider.diff("id", plain, plain).changes is False
 

@@ -1,0 +1,147 @@
+"""A running plaintext cluster moves to pgha:tls in one `up`, under a write load.
+
+The stack is deployed with pgha:tls.enabled: false (3 etcd+Patroni nodes, HAProxy), a write load
+runs through HAProxy, and TLS is turned on. The review names the move; `up` pauses Patroni,
+restores etcd from one snapshot on https, restarts each Patroni with TLS (the leader first) and
+ends the pause. Checked after it: 0 acknowledged writes lost, the longest write gap, the same
+leader and timeline (no switchover), the same postmaster start time on every node (no PostgreSQL
+restart), plaintext refused and TLS served on etcd and the REST API, the walsenders on SSL,
+patronictl on every node, HAProxy's https checks, the pause over, no move key left in the DCS, and
+a next preview without changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+
+from components.providers.haproxy_config import backend_status
+from lab import Lab
+from scripts.lab_stack import link_wheelhouse
+from tests.cluster.conftest import NODES, PRIMARY, ProjectCopy
+from tests.cluster.workload import WriteLoad
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
+
+
+@dataclass
+class PlainStack:
+    lab: Lab
+    project: ProjectCopy
+    password: str
+    config: dict[str, Any]
+    base: Path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[PlainStack]:
+    lab = Lab.up(4)
+    try:
+        link_wheelhouse(lab)
+        base = tmp_path_factory.mktemp("tls-move")
+        project = ProjectCopy.with_stack(base, "tlsmove")
+        config = copy.deepcopy(project.base_config)
+        config["tls"] = {"enabled": False}
+        project.write_config(config)
+        project.run("up", "--yes", "--skip-preview")
+        outputs = json.loads(project.run("stack", "output", "--json", "--show-secrets").stdout)
+        yield PlainStack(lab, project, outputs["superuserPassword"], config, base)
+        project.run("destroy", "--yes", "--skip-preview", check=False)
+    finally:
+        Lab.down()
+
+
+def _status(address: str, ca: Path, plain: bool = False) -> dict[str, Any]:
+    if plain:
+        return requests.get(f"http://{address}:8008/patroni", timeout=5).json()
+    return requests.get(f"https://{address}:8008/patroni", verify=str(ca), timeout=5).json()
+
+
+def _plaintext_refused(url: str) -> None:
+    """A plaintext request to a TLS port fails: an error, or Go's 400 for etcd."""
+    try:
+        resp = requests.get(url, timeout=5)
+    except requests.RequestException:
+        return
+    assert resp.status_code == 400 and "HTTPS" in resp.text, (url, resp.status_code, resp.text[:200])
+
+
+def test_plaintext_cluster_moves_to_tls_under_write_load(stack: PlainStack) -> None:
+    before = {name: _status(address, Path(), plain=True) for name, address in NODES.items()}
+    leader = next(name for name, s in before.items() if s["role"] == "primary")
+    load = WriteLoad(*PRIMARY, stack.password)
+    load.prepare("pgha_tls_move")
+    load.start()
+    try:
+        load.assert_progressing()
+        stack.config["tls"] = {"enabled": True}
+        stack.project.write_config(stack.config)
+        changes = stack.project.preview_changes()
+        assert "pgha-lab-etcd-tls-move" in changes.get("create", {}), changes
+        review = stack.project.last_review
+        assert "the running cluster moves to TLS, with no switchover and no PostgreSQL restart" in review, (
+            review)
+        t0 = time.monotonic()
+        up = stack.project.run("up", "--yes", "--skip-preview")
+        took = time.monotonic() - t0
+        load.reset_counters()
+        load.assert_progressing()
+    finally:
+        load.stop()
+    assert load.missing() == [], "acknowledged writes lost"
+    print(f"\nmove to TLS under writes: up {took:.1f}s, {len(load.acknowledged)} writes acknowledged, "
+          f"longest gap {load.longest_window():.2f}s, {len(load.failures)} failed attempts")
+    # The members' and nodes' own updates after the move restart nothing.
+    assert "starting pg1 from its data" not in up.stdout and "restarting" not in up.stdout, up.stdout[-3000:]
+    outputs = json.loads(stack.project.run("stack", "output", "--json", "--show-secrets").stdout)
+    ca = stack.base / "ca.crt"
+    ca.write_text(outputs["tlsCa"])
+    after = {name: _status(address, ca) for name, address in NODES.items()}
+    # No switchover and no PostgreSQL restart.
+    assert after[leader]["role"] == "primary", after
+    for name in NODES:
+        assert after[name]["postmaster_start_time"] == before[name]["postmaster_start_time"], name
+        assert after[name]["timeline"] == before[name]["timeline"], name
+        assert not after[name].get("pause"), (name, "still paused")
+    # Plaintext refused, TLS served (etcd asks for a client certificate: the node's).
+    for address in NODES.values():
+        for port in (8008, 2379):
+            _plaintext_refused(f"http://{address}:{port}/health")
+    cert, key = stack.base / "node.crt", stack.base / "node.key"
+    cert.write_text(stack.lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.crt").stdout)
+    key.write_text(stack.lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.key").stdout)
+    key.chmod(0o600)
+    for address in NODES.values():
+        health = requests.get(f"https://{address}:2379/health", verify=str(ca), cert=(str(cert), str(key)),
+                              timeout=5)
+        assert health.status_code == 200 and health.json().get("health") == "true", health.text
+    marker = requests.post(f"https://{NODES['pg1']}:2379/v3/kv/range", verify=str(ca),
+                           cert=(str(cert), str(key)), timeout=5,
+                           json={"key": "L3BnaGEvcGdoYS1sYWIvdGxzLW1vdmU="}).json()  # /pgha/pgha-lab/tls-move
+    assert not marker.get("kvs"), marker
+    host, port = PRIMARY
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", password=stack.password,
+                         sslmode="verify-full", sslrootcert=str(ca), connect_timeout=5) as conn:
+        walsenders = conn.execute(
+            "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)").fetchall()
+    assert len(walsenders) == 2 and all(on for (on,) in walsenders), walsenders
+    for name in NODES:
+        out = stack.lab.ssh(name, "sudo -u postgres timeout 30 patronictl -c /etc/patroni/patroni.yml list",
+                            check=False)
+        assert out.returncode == 0 and out.stdout.count("streaming") == 2, (name, out.stdout, out.stderr)
+    cfg = stack.lab.ssh("pg4", "sudo cat /etc/haproxy/haproxy.cfg").stdout
+    assert "moving to TLS" not in cfg and cfg.count("check-ssl verify required") == 2, cfg
+    status = backend_status("10.77.0.14", 7000)
+    assert [s for s, state in status["pgha-lab_primary"].items() if state == "UP"] == [leader], status
+    assert sorted(s for s, state in status["pgha-lab_replicas"].items() if state == "UP") == sorted(
+        n for n in NODES if n != leader), status
+    assert stack.project.preview_changes() == {}
