@@ -175,7 +175,8 @@ class EtcdTlsMoveProvider(_Steps):
         source = next(m for m in members if _url("http", m, "client_port") == gateway.endpoint)
         path = _snapshot_path(source)
         with self.host_ssh(source, props) as ssh:
-            ssh.run(f"rm -f {shlex.quote(path)}.part && ETCDCTL_API=3 etcdctl --endpoints "
+            # umask 077: the snapshot is the DCS's content (root's only, and removed after the move).
+            ssh.run(f"umask 077; rm -f {shlex.quote(path)}.part && ETCDCTL_API=3 etcdctl --endpoints "
                     f"{shlex.quote(gateway.endpoint)} snapshot save {shlex.quote(path)}.part >/dev/null && "
                     f"mv {shlex.quote(path)}.part {shlex.quote(path)}",
                     step="take a snapshot of etcd for the move to TLS")
@@ -186,7 +187,7 @@ class EtcdTlsMoveProvider(_Steps):
                 continue
             target = _snapshot_path(member)
             with self.host_ssh(member, props) as ssh:
-                ssh.run(f"base64 -d > {shlex.quote(target)}.part && mv {shlex.quote(target)}.part "
+                ssh.run(f"umask 077; base64 -d > {shlex.quote(target)}.part && mv {shlex.quote(target)}.part "
                         f"{shlex.quote(target)}", step="copy etcd's snapshot", stdin=encoded)
                 got = ssh.run(f"sha256sum {shlex.quote(target)} | cut -c1-64", step="check etcd's snapshot")
                 if got.stdout.strip() != digest:

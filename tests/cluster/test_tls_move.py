@@ -90,6 +90,7 @@ def test_plaintext_cluster_moves_to_tls_under_write_load(stack: PlainStack) -> N
         review = stack.project.last_review
         assert "the running cluster moves to TLS, with no switchover and no PostgreSQL restart" in review, (
             review)
+        print(f"\nthe review of the move:\n{review}")
         t0 = time.monotonic()
         up = stack.project.run("up", "--yes", "--skip-preview")
         took = time.monotonic() - t0
