@@ -196,6 +196,7 @@ class _Planner:
     leader_now: str | None = None  # who leads at this point of the plan (None: not known)
     restart_in_place: str | None = None  # a lone leader restarted without a switchover
     replica_sessions_cut: bool = False
+    tls_move: bool = False  # a running plaintext cluster moves to TLS (EtcdTlsMove does the host work)
     stepped_down: set[str] = field(default_factory=set)  # leaders switched away from in this plan
     grouped: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # per-host concerns
 
@@ -276,6 +277,8 @@ class _Planner:
                                   f"quorum counts one member fewer meanwhile.")
         for step in updated:
             found = step_changes(step)
+            if self.moved_only(step):
+                continue
             if any(c.path.endswith("(refresh)") for c in found.changes):
                 self.lines.append(f"etcd: the last refresh found {self.host(step)} stopped or out of the "
                                   f"member list; `up` starts it again (re-adding it as a learner if needed)")
@@ -473,6 +476,8 @@ class _Planner:
     def _node_updates(self) -> None:
         groups: dict[str, list[str]] = {}
         for step in self.changed("PatroniNode", UPDATE):
+            if self.moved_only(step):
+                continue
             host = self.host(step)
             for words in self._node_reasons(host, step_changes(step)):
                 groups.setdefault(words, []).append(host)
@@ -554,6 +559,8 @@ class _Planner:
             groups.setdefault("HAProxy on {hosts}: haproxy.cfg written, checked (`haproxy -c`) and started; "
                               "`up` waits for exactly one primary UP", []).append(self.host(step))
         for step in self.changed("HAProxyConfig", UPDATE, REPLACE):
+            if self.moved_only(step):
+                continue
             groups.setdefault(self._haproxy_update(step), []).append(self.host(step))
         for words, hosts in groups.items():
             self.lines.append(words.replace("{hosts}", names(hosts)))
@@ -850,7 +857,6 @@ class _Planner:
         if dropped:
             self.lines.append(f"TLS: certificate(s) no longer needed: {', '.join(dropped)}")
         self.trust()
-        self.move_to_tls()
         self.certificate_files()
 
     def trust(self) -> None:
@@ -864,11 +870,30 @@ class _Planner:
                               (f"; etcd restarts one member at a time ({', '.join(etcd)}; the raft leader "
                                "last): it reads its CAs only when it starts" if etcd else ""))
 
+    # What a move to TLS changes in a member's, node's or balancer's inputs: the move applies it.
+    MOVE_KEYS: ClassVar[frozenset[str]] = frozenset({"tls", "tls_client", "etcd_endpoints"})
+
+    def moved_only(self, step: Step) -> bool:
+        """Whether a step's changes are the move to TLS's alone (its pg_hba lines become hostssl):
+        the move's own line says what happens on the host, and the step itself then finds nothing
+        to do."""
+        if not self.tls_move:
+            return False
+        found = step_changes(step)
+        rest = set(found.tops) - self.MOVE_KEYS
+        if "pg_hba" in rest and all(isinstance(c.old, str) and isinstance(c.new, str) and
+                                    c.new == "hostssl" + c.old.removeprefix("host")
+                                    for c in found.under("pg_hba")):
+            rest.discard("pg_hba")
+        return not rest
+
     def move_to_tls(self) -> None:
         """A running plaintext cluster moving to TLS (EtcdTlsMove, PatroniTlsMove: created with
-        TLS; on a new cluster they touch no host and say nothing)."""
+        TLS; on a new cluster they touch no host and say nothing). First: it runs before any
+        member's or node's update."""
         if not self.changed("EtcdTlsMove", CREATE) or not self.top.nodes_before:
             return
+        self.tls_move = True
         nodes = ", ".join(self.top.nodes_before)
         self.lines.append(
             "TLS: the running cluster moves to TLS, with no switchover and no PostgreSQL restart: Patroni "
@@ -876,8 +901,9 @@ class _Planner:
             f"http or https, not both); each Patroni ({nodes}) restarts with TLS, the leader first, and "
             "HAProxy checks it over https as soon as it serves https; then the pause ends")
         self.warn("Move to TLS", "no automatic failover while Patroni is paused (until this `up` ends the "
-                                 "move); writes through HAProxy stop while the leader's Patroni restarts (a "
-                                 "few seconds). Afterwards PostgreSQL admits other hosts only over TLS "
+                                 "move); HAProxy's check of the leader fails if its Patroni takes longer to "
+                                 "restart than the check's fall count allows, and writes then pause until it "
+                                 "serves https. Afterwards PostgreSQL admits other hosts only over TLS "
                                  "(hostssl): a client with sslmode=disable is refused.")
 
     # What TlsFiles does on its host, by operation.
@@ -1032,6 +1058,7 @@ def build_plan(preview: Preview) -> Plan:
     planner = _Planner(preview=preview, scope=scope, top=top, leader_now=top.leader)
     new_cluster = bool(planner.changed("PatroniBootstrap", CREATE)) and not top.nodes_before
     if not destroy:
+        planner.move_to_tls()
         planner.etcd()
         planner.leader_off_removed()
         planner.installs()
