@@ -881,9 +881,7 @@ class _Planner:
             return False
         found = step_changes(step)
         rest = set(found.tops) - self.MOVE_KEYS
-        if "pg_hba" in rest and all(isinstance(c.old, str) and isinstance(c.new, str) and
-                                    c.new == "hostssl" + c.old.removeprefix("host")
-                                    for c in found.under("pg_hba")):
+        if "pg_hba" in rest and all(_to_hostssl(c) for c in found.under("pg_hba")):
             rest.discard("pg_hba")
         return not rest
 
@@ -891,7 +889,11 @@ class _Planner:
         """A running plaintext cluster moving to TLS (EtcdTlsMove, PatroniTlsMove: created with
         TLS; on a new cluster they touch no host and say nothing). First: it runs before any
         member's or node's update."""
-        if not self.changed("EtcdTlsMove", CREATE) or not self.top.nodes_before:
+        # Created for an existing stack already on TLS too (a newer pgha): a move only when the
+        # members and nodes gain `tls` in this same preview.
+        gaining = [s for s in self.changed("EtcdMember", UPDATE) + self.changed("PatroniNode", UPDATE)
+                   if "tls" in step_changes(s).tops]
+        if not self.changed("EtcdTlsMove", CREATE) or not self.top.nodes_before or not gaining:
             return
         self.tls_move = True
         nodes = ", ".join(self.top.nodes_before)
@@ -1044,6 +1046,14 @@ def _expectation(p: _Planner, destroy: bool, new_cluster: bool) -> str:
     if p.replica_sessions_cut:
         out += "; sessions on a replica that restarts or leaves (replica port) are cut and reconnect"
     return out + "."
+
+
+def _to_hostssl(change: Change) -> bool:
+    """Whether a pg_hba line changes only from `host` to `hostssl` (its columns may be realigned)."""
+    if not isinstance(change.old, str) or not isinstance(change.new, str):
+        return False
+    old, new = change.old.split(), change.new.split()
+    return old[:1] == ["host"] and new[:1] == ["hostssl"] and old[1:] == new[1:]
 
 
 def build_plan(preview: Preview) -> Plan:

@@ -270,19 +270,27 @@ FATAL_MARKERS = ("system ID mismatch", " CRITICAL: ", "but system ID is invalid"
 DCS_MARKERS = ("Failed to get list of machines", "waiting on etcd", "Error communicating with DCS",
                "DCS is not accessible", "No more machines in the cluster")
 NO_LEADER_MARKERS = ("waiting for leader to bootstrap",)
+# Patroni cannot log in to its own PostgreSQL: the data directory's roles have other passwords than
+# patroni.yml (data kept by an earlier stack's destroy, and this stack generated new ones).
+AUTH_MARKERS = ("password authentication failed for user",)
 BOOTSTRAP_FAILED_MARKERS = ("failed attempt to bootstrap the cluster", "Failed to bootstrap cluster")
 # How long a condition must last before a wait gives up on it: etcd elects a leader in
 # seconds, and a node without data waits for a leader another node is electing.
-GRACE = {"dcs": 30.0, "no_leader": 45.0}
+GRACE = {"dcs": 30.0, "no_leader": 45.0, "auth": 30.0}
 
 
 def journal_verdict(lines: list[str]) -> tuple[str, str] | None:
     """(kind, line) for what the journal says about why Patroni is not up: "fatal" (it will
-    never be), "dcs" (it cannot reach etcd) or "no_leader" (no data and nobody to clone
-    from), by the latest line that says either; None when the latest news is progress."""
+    never be), "auth" (its own PostgreSQL refuses its passwords), "dcs" (it cannot reach etcd) or
+    "no_leader" (no data and nobody to clone from), by the latest line that says either; None
+    when the latest news is progress."""
     for line in lines:
         if any(marker in line for marker in FATAL_MARKERS):
             return "fatal", line.strip()
+    # Refused logins repeat between lines of progress (Patroni retries each loop): the recent ones.
+    refused = [line for line in lines[-60:] if any(marker in line for marker in AUTH_MARKERS)]
+    if refused:
+        return "auth", _clip(refused[-1].strip())
     for i in range(len(lines) - 1, -1, -1):
         line = lines[i]
         if any(marker in line for marker in DCS_MARKERS):
@@ -331,6 +339,13 @@ class StartWatch:
             return None
         if kind == "dcs":
             return f"Patroni on {self.name} cannot reach etcd (for {now - since:.0f}s): {line}"
+        if kind == "auth":
+            return (f"Patroni on {self.name} cannot log in to its PostgreSQL (for {now - since:.0f}s): "
+                    f"{line}. "
+                    "The data directory's roles have other passwords than this stack's (data kept by an "
+                    "earlier stack's destroy, while this one generated new passwords?): set pgha:"
+                    "superuserPassword, pgha:replicationPassword and pgha:rewindPassword to the ones the "
+                    "data was made with, or move the data directory aside for a new cluster")
         return (f"{self.name} has no data and no leader to clone from (for {now - since:.0f}s): no other "
                 f"node leads cluster, and this one may not bootstrap it: {line}")
 

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from pulumi.dynamic import CreateResult, DiffResult, UpdateResult
@@ -80,7 +81,11 @@ class EtcdTlsMoveProvider(_Steps):
 
     def _run(self, props: dict[str, Any]) -> str:
         members = list(props["members"])
-        states = {m["name"]: self._probe(m, props) for m in members}
+        with ThreadPoolExecutor(max_workers=len(members) or 1) as pool:
+            # In parallel: on a new cluster this is all the step does, before the first member starts.
+            # SSH only: the https client identity (a context variable) is not needed in the threads.
+            probed = list(pool.map(lambda m: self._probe(m, props), members))
+        states = {m["name"]: state for m, state in zip(members, probed, strict=True)}
         plain = first_healthy([_url("http", m, "client_port") for m in members])
         listed = [str(m.get("name") or "") for m in plain.members()] if plain is not None else None
         decision = etcd_step(list(states.values()), plain is not None, listed)
@@ -90,7 +95,11 @@ class EtcdTlsMoveProvider(_Steps):
             return "new"
         if decision.step == "tls":
             # A move whose Patroni step has not finished yet left its key in the DCS.
-            return "moving" if self._marker(props) is not None else "tls"
+            if self._marker(props) is None:
+                return "tls"
+            notify(props["scope"], "etcd is on https already: the move to TLS an earlier `up` began "
+                                   "carries on")
+            return "moving"
         if decision.reason:
             notify(props["scope"], decision.reason, warning=True)
         if decision.step == "move":

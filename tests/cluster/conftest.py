@@ -126,6 +126,7 @@ class ProjectCopy:
         (self.dir / "stacks").mkdir()
         self.stack = stack
         self.last_review = ""
+        self.last_preview_json = ""
         self.cli = PulumiCli(self.dir, base / "state", passphrase=LAB_PASSPHRASE)
         self.base_config = lab_stack_config()
 
@@ -161,6 +162,7 @@ class ProjectCopy:
         from review.preview import parse_preview
 
         raw = self.run("preview", "--json", "--show-sames").stdout
+        self.last_preview_json = raw
         preview = parse_preview(raw)
         self.last_review = render(preview, build_plan(preview), self.stack, "")
         changes: dict[str, dict[str, list[str]]] = {}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,8 +44,9 @@ class PlainStack:
     base: Path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[PlainStack]:
+    """A plaintext cluster on fresh lab hosts, for each test (a cluster on TLS never goes back)."""
     lab = Lab.up(4)
     try:
         link_wheelhouse(lab)
@@ -75,9 +78,13 @@ def _plaintext_refused(url: str) -> None:
     assert resp.status_code == 400 and "HTTPS" in resp.text, (url, resp.status_code, resp.text[:200])
 
 
-def test_plaintext_cluster_moves_to_tls_under_write_load(stack: PlainStack) -> None:
+def _plaintext_state() -> tuple[dict[str, dict[str, Any]], str]:
     before = {name: _status(address, Path(), plain=True) for name, address in NODES.items()}
-    leader = next(name for name, s in before.items() if s["role"] == "primary")
+    return before, next(name for name, s in before.items() if s["role"] == "primary")
+
+
+def test_plaintext_cluster_moves_to_tls_under_write_load(stack: PlainStack) -> None:
+    before, leader = _plaintext_state()
     load = WriteLoad(*PRIMARY, stack.password)
     load.prepare("pgha_tls_move")
     load.start()
@@ -88,6 +95,7 @@ def test_plaintext_cluster_moves_to_tls_under_write_load(stack: PlainStack) -> N
         changes = stack.project.preview_changes()
         assert "pgha-lab-etcd-tls-move" in changes.get("create", {}), changes
         review = stack.project.last_review
+        Path("/tmp/pgha-tls-move-preview.json").write_text(stack.project.last_preview_json)
         assert "the running cluster moves to TLS, with no switchover and no PostgreSQL restart" in review, (
             review)
         # The move is the plan's first step; the members', nodes' and HAProxy's updates, which then
@@ -108,6 +116,11 @@ def test_plaintext_cluster_moves_to_tls_under_write_load(stack: PlainStack) -> N
           f"longest gap {load.longest_window():.2f}s, {len(load.failures)} failed attempts")
     # The members' and nodes' own updates after the move restart nothing.
     assert "starting pg1 from its data" not in up.stdout and "restarting" not in up.stdout, up.stdout[-3000:]
+    _assert_on_tls(stack, before, leader)
+
+
+def _assert_on_tls(stack: PlainStack, before: dict[str, dict[str, Any]], leader: str) -> None:
+    """The cluster runs on TLS, with the leader, timelines and postmasters it had before the move."""
     outputs = json.loads(stack.project.run("stack", "output", "--json", "--show-secrets").stdout)
     ca = stack.base / "ca.crt"
     ca.write_text(outputs["tlsCa"])
@@ -151,3 +164,28 @@ def test_plaintext_cluster_moves_to_tls_under_write_load(stack: PlainStack) -> N
     assert sorted(s for s, state in status["pgha-lab_replicas"].items() if state == "UP") == sorted(
         n for n in NODES if n != leader), status
     assert stack.project.preview_changes() == {}
+
+
+def test_an_interrupted_move_carries_on_in_the_next_up(stack: PlainStack) -> None:
+    """The `up` that moves a plaintext cluster is cancelled (SIGINT) as soon as etcd is on https,
+    with Patroni still paused on its plaintext DCS client: the next `up` carries the move on, and
+    the cluster ends as after an uninterrupted move (no switchover, no restart, pause over)."""
+    before, leader = _plaintext_state()
+    stack.config["tls"] = {"enabled": True}
+    stack.project.write_config(stack.config)
+    proc = subprocess.Popen(
+        ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack.project.stack],
+        cwd=stack.project.dir, env=stack.project.cli.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "etcd runs on https" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=900)
+    out = "".join(seen) + rest
+    assert proc.returncode != 0 and "etcd runs on https" in out, out[-3000:]
+    stack.project.run("up", "--yes", "--skip-preview")
+    _assert_on_tls(stack, before, leader)

@@ -287,6 +287,24 @@ def test_unreachable_etcd_stops_the_wait_after_its_grace() -> None:
     assert "Failed to get list of machines from http://10.77.0.12:2379" in cause  # the latest error line
 
 
+def test_refused_logins_to_its_own_postgresql_stop_the_wait_after_their_grace() -> None:
+    """Data kept by an earlier stack's destroy, new generated passwords: Patroni retries its
+    login each loop between lines of progress; `up` waited 900 s before."""
+    refused = (f"{LINE} UTC connection to server at \"localhost\" (127.0.0.1), port 5432 failed: FATAL:  "
+               "password authentication failed for user \"postgres\"")
+    lines = [f"{LINE} INFO: establishing a new patroni heartbeat connection to postgres", refused,
+             f"{LINE} INFO: Error communicating with PostgreSQL. Will try again later",
+             f"{LINE} INFO: establishing a new patroni heartbeat connection to postgres"]
+    assert journal_verdict(lines) == ("auth", refused.strip())
+    watch = StartWatch("pg1")
+    assert watch.verdict(0.0, "active", lines) is None
+    cause = watch.verdict(GRACE["auth"], "active", lines) or ""
+    assert cause.startswith("Patroni on pg1 cannot log in to its PostgreSQL (for 30s)"), cause
+    assert "pgha:superuserPassword" in cause and "move the data directory aside" in cause
+    # Once the login works, the old refusals scroll out of the recent lines.
+    assert journal_verdict([refused, *[f"{LINE} INFO: no action. I am (pg1), the leader"] * 60]) is None
+
+
 def test_progress_resets_the_grace() -> None:
     watch = StartWatch("pg2")
     stuck = [f"{LINE} INFO: waiting for leader to bootstrap"]

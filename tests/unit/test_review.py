@@ -680,3 +680,27 @@ def test_drift_found_by_a_refresh_is_repaired() -> None:
     rows = table_rows(preview)
     assert Row("update", "PatroniNode pg2", "`running (refresh)`", "`false`", "`true`") in rows
     assert not any(r.prop == "`secrets`" for r in rows), "drift is not a secret change"
+
+
+def test_a_plaintext_cluster_moving_to_tls_reads_as_one_move() -> None:
+    """pgha:tls turned on for a running plaintext cluster (recorded from test_tls_move.py): the move
+    is the plan's first line, with its concern; the members', nodes' and HAProxy's updates, which
+    the move leaves with nothing to do, get no line of their own."""
+    plan = plan_of("tls-move")
+    assert plan.lines[0].startswith("TLS: the running cluster moves to TLS, with no switchover and no "
+                                    "PostgreSQL restart: Patroni pauses"), plan.lines
+    assert "each Patroni (pg1, pg2, pg3) restarts with TLS, the leader first" in plan.lines[0]
+    text = "\n".join(plan.lines)
+    for stale in ("etcd: pg1 updated", "patroni.yml rewritten", "pg_hba reloaded", "HAProxy on pg4 reloads"):
+        assert stale not in text, (stale, text)
+    assert "no automatic failover while Patroni is paused" in concerns(plan)["Move to TLS"][0]
+
+
+def test_a_move_to_tls_with_another_change_still_shows_that_change() -> None:
+    """A pg_hba line that changes beyond host -> hostssl in the same edit keeps its line."""
+    preview = load("tls-move")
+    step = next(s for s in preview.steps if s.urn.endswith("pgha-lab-node-pg2"))
+    wider = "hostssl all all 10.77.0.0/16 scram-sha-256"
+    new = {**step.new_inputs, "pg_hba": {**step.new_inputs["pg_hba"], "50 clients 10.77.0.0/24": wider}}
+    plan = build_plan(edit_step(preview, "pgha-lab-node-pg2", new_inputs=new))
+    assert any(line.startswith("pg_hba reloaded on pg2") for line in plan.lines), plan.lines
