@@ -15,9 +15,9 @@ import hashlib
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import Any
 
-from pulumi.dynamic import CreateResult, DiffResult, UpdateResult
+from pulumi.dynamic import CreateResult, DiffResult
 
 from components import render
 from components.providers.base import HostProvider, public
@@ -51,10 +51,9 @@ def _url(scheme: str, member: dict[str, Any], port_key: str) -> str:
 
 
 class _Steps(HostProvider):
-    """What both steps share: SSH to a listed host with the stack's key; no diff of their own
-    beyond the inputs (a changed input re-checks the hosts, which is a no-op once moved)."""
-
-    OUTPUTS: ClassVar[frozenset[str]] = frozenset({"found"})
+    """What both steps share: SSH to a listed host with the stack's key, and no diff: a step acts
+    when it is created (with TLS turned on, or again after it failed), from what the hosts show;
+    once it is in the state the cluster is on TLS, and a cluster on TLS stays on it."""
 
     def host_ssh(self, item: dict[str, Any], props: dict[str, Any]) -> Ssh:
         return self.ssh({"connection": item["connection"], "ssh_private_key": props.get("ssh_private_key")})
@@ -75,9 +74,6 @@ class EtcdTlsMoveProvider(_Steps):
     def create(self, props: dict[str, Any]) -> CreateResult:
         found = self._run(props)
         return CreateResult(id_=f"{props['scope']}-etcd-tls-move", outs={**public(props), "found": found})
-
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs={**public(news), "found": self._run(news)})
 
     def _run(self, props: dict[str, Any]) -> str:
         members = list(props["members"])
@@ -262,9 +258,6 @@ class PatroniTlsMoveProvider(_Steps):
         self._run(props)
         return CreateResult(id_=f"{props['scope']}-patroni-tls-move", outs=public(props))
 
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        self._run(news)
-        return UpdateResult(outs=public(news))
 
     def _run(self, props: dict[str, Any]) -> None:
         if props.get("etcd_found") in (None, "new"):
