@@ -258,14 +258,13 @@ class PatroniTlsMoveProvider(_Steps):
         self._run(props)
         return CreateResult(id_=f"{props['scope']}-patroni-tls-move", outs=public(props))
 
-
     def _run(self, props: dict[str, Any]) -> None:
         if props.get("etcd_found") in (None, "new"):
             return  # a new cluster: every node starts with TLS
         nodes = {n["name"]: n for n in props["nodes"]}
         gateway = first_healthy([f"https://{e}" for e in next(iter(nodes.values()))["etcd_hosts"]])
         if gateway is None:
-            raise SshError(props["scope"], "reach etcd on https", "no etcd member answers")
+            raise RestError(f"{props['scope']}: the move to TLS: no etcd member answers on https")
         key = pgha_prefix(props["scope"]) + MARKER
         marker = gateway.get(key)
         if marker is None:
@@ -287,7 +286,7 @@ class PatroniTlsMoveProvider(_Steps):
         """End the pause pgha set for the move, and wait until every running node says so."""
         answering = {name: _api(node, "https") for name, node in nodes.items() if self._https_answers(node)}
         if not answering:
-            raise SshError(props["scope"], "reach Patroni on https", "no node's REST API answers on https")
+            raise RestError(f"{props['scope']}: the move to TLS: no node's REST API answers on https")
         if marker != PAUSED_BY_PGHA:
             notify(props["scope"], "every node runs with TLS; the cluster stays paused, as it was before "
                                    "the move", warning=True)
