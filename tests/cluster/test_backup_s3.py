@@ -95,7 +95,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterator[S
         link_wheelhouse(lab)
         tls = tmp_path_factory.mktemp("tls")
         _tls(tls)
-        secret_key = secrets.token_urlsafe(30)
+        # Never a leading "-": `pulumi config set` would read the value as a flag (a CI run hit it).
+        secret_key = "k" + secrets.token_urlsafe(30)
         _start_s3(lab, tls, secret_key)
         project = ProjectCopy.with_stack(tmp_path_factory.mktemp("backup-s3"), "s3")
         config: dict[str, Any] = copy.deepcopy(project.base_config)
