@@ -32,6 +32,7 @@ from components.providers.haproxy_config import backend_status
 from lab import Lab
 from scripts.lab_stack import link_wheelhouse
 from tests.cluster.conftest import NODES, PRIMARY, ProjectCopy, wait_until
+from tests.cluster.tls_checks import node_client_certificate, plaintext_refused
 from tests.cluster.workload import WriteLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
@@ -63,24 +64,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path) -> Iterato
         outputs = json.loads(project.run("stack", "output", "--json", "--show-secrets").stdout)
         ca_file = base / "ca.crt"
         ca_file.write_text(outputs["tlsCa"])
-        cert, key = base / "node.crt", base / "node.key"
-        cert.write_text(lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.crt").stdout)
-        key.write_text(lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.key").stdout)
-        key.chmod(0o600)
-        yield TlsStack(lab, project, ca_file, (str(cert), str(key)), outputs["superuserPassword"], config)
+        client = node_client_certificate(lab, base)
+        yield TlsStack(lab, project, ca_file, client, outputs["superuserPassword"], config)
         project.run("destroy", "--yes", "--skip-preview", check=False)
     finally:
         Lab.down()
-
-
-def _plaintext_refused(url: str) -> str:
-    """How a plaintext request to a TLS port fails: an error, or Go's 400 for etcd."""
-    try:
-        resp = requests.get(url, timeout=5)
-    except requests.RequestException as err:
-        return type(err).__name__
-    assert resp.status_code == 400 and "HTTPS" in resp.text, (url, resp.status_code, resp.text[:200])
-    return f"HTTP {resp.status_code}"
 
 
 def test_outputs_name_the_ca_and_expiry(stack: TlsStack) -> None:
@@ -92,8 +80,8 @@ def test_outputs_name_the_ca_and_expiry(stack: TlsStack) -> None:
 
 def test_plaintext_is_refused(stack: TlsStack) -> None:
     for address in NODES.values():
-        _plaintext_refused(f"http://{address}:2379/health")
-        _plaintext_refused(f"http://{address}:8008/patroni")
+        plaintext_refused(f"http://{address}:2379/health")
+        plaintext_refused(f"http://{address}:8008/patroni")
     for host, port in [PRIMARY, *((a, 5432) for a in NODES.values())]:
         with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
             psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", password=stack.password,

@@ -30,6 +30,7 @@ from components.providers.haproxy_config import backend_status
 from lab import Lab
 from scripts.lab_stack import link_wheelhouse
 from tests.cluster.conftest import NODES, PRIMARY, ProjectCopy
+from tests.cluster.tls_checks import node_client_certificate, plaintext_refused
 from tests.cluster.workload import WriteLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
@@ -67,15 +68,6 @@ def _status(address: str, ca: Path, plain: bool = False) -> dict[str, Any]:
     if plain:
         return requests.get(f"http://{address}:8008/patroni", timeout=5).json()
     return requests.get(f"https://{address}:8008/patroni", verify=str(ca), timeout=5).json()
-
-
-def _plaintext_refused(url: str) -> None:
-    """A plaintext request to a TLS port fails: an error, or Go's 400 for etcd."""
-    try:
-        resp = requests.get(url, timeout=5)
-    except requests.RequestException:
-        return
-    assert resp.status_code == 400 and "HTTPS" in resp.text, (url, resp.status_code, resp.text[:200])
 
 
 def _plaintext_state() -> tuple[dict[str, dict[str, Any]], str]:
@@ -134,17 +126,14 @@ def _assert_on_tls(stack: PlainStack, before: dict[str, dict[str, Any]], leader:
     # Plaintext refused, TLS served (etcd asks for a client certificate: the node's).
     for address in NODES.values():
         for port in (8008, 2379):
-            _plaintext_refused(f"http://{address}:{port}/health")
-    cert, key = stack.base / "node.crt", stack.base / "node.key"
-    cert.write_text(stack.lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.crt").stdout)
-    key.write_text(stack.lab.ssh("pg1", "sudo cat /etc/patroni/tls/node.key").stdout)
-    key.chmod(0o600)
+            plaintext_refused(f"http://{address}:{port}/health")
+    client = node_client_certificate(stack.lab, stack.base)
     for address in NODES.values():
-        health = requests.get(f"https://{address}:2379/health", verify=str(ca), cert=(str(cert), str(key)),
+        health = requests.get(f"https://{address}:2379/health", verify=str(ca), cert=client,
                               timeout=5)
         assert health.status_code == 200 and health.json().get("health") == "true", health.text
     marker = requests.post(f"https://{NODES['pg1']}:2379/v3/kv/range", verify=str(ca),
-                           cert=(str(cert), str(key)), timeout=5,
+                           cert=client, timeout=5,
                            json={"key": "L3BnaGEvcGdoYS1sYWIvdGxzLW1vdmU="}).json()  # /pgha/pgha-lab/tls-move
     assert not marker.get("kvs"), marker
     host, port = PRIMARY
