@@ -101,6 +101,11 @@ class HostProvider(ResourceProvider):
         target = SshTarget.from_props(props["connection"], props.get("ssh_private_key"))
         return Ssh(target, connect_timeout=connect_timeout)
 
+    def host_ssh(self, item: dict[str, Any], props: dict[str, Any]) -> Ssh:
+        """SSH to one host of a cluster-wide resource's list (`item["connection"]`), with the
+        stack's key from the resource's inputs."""
+        return self.ssh({"connection": item["connection"], "ssh_private_key": props.get("ssh_private_key")})
+
     def upgrade(self, props: dict[str, Any]) -> dict[str, Any]:
         """Stored props of an older pgha in today's shape (see components/state_upgrade.py)."""
         return props

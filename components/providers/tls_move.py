@@ -51,12 +51,9 @@ def _url(scheme: str, member: dict[str, Any], port_key: str) -> str:
 
 
 class _Steps(HostProvider):
-    """What both steps share: SSH to a listed host with the stack's key, and no diff: a step acts
-    when it is created (with TLS turned on, or again after it failed), from what the hosts show;
-    once it is in the state the cluster is on TLS, and a cluster on TLS stays on it."""
-
-    def host_ssh(self, item: dict[str, Any], props: dict[str, Any]) -> Ssh:
-        return self.ssh({"connection": item["connection"], "ssh_private_key": props.get("ssh_private_key")})
+    """What both steps share: no diff. A step acts when it is created (with TLS turned on, or
+    again after it failed), from what the hosts show; once it is in the state the cluster is on
+    TLS, and a cluster on TLS stays on it."""
 
     def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # Never a change a reviewer reads: the step acts only on what the hosts show.

@@ -105,10 +105,6 @@ class TlsTrustProvider(HostProvider):
                 self._roll_etcd(target, news)
         return UpdateResult(outs=public(news))
 
-    def _host_ssh(self, target: dict[str, Any], props: dict[str, Any]) -> Ssh:
-        """SSH to one target's host, with the stack's key."""
-        return self.ssh({"connection": target["connection"], "ssh_private_key": props.get("ssh_private_key")})
-
     def _write(self, target: dict[str, Any], props: dict[str, Any], ssh: Ssh | None = None) -> bool:
         """The bundle into the target's file, where its directory exists (a host still being
         added gets it from its TlsFiles). True when the file changed."""
@@ -129,7 +125,7 @@ class TlsTrustProvider(HostProvider):
 
         if ssh is not None:
             return write(ssh)
-        with self._host_ssh(target, props) as own:
+        with self.host_ssh(target, props) as own:
             changed = write(own)
         if changed:
             notify(target["connection"]["host"], f"{target['service']}: the new CA bundle is in place")
@@ -140,7 +136,7 @@ class TlsTrustProvider(HostProvider):
         host = target["connection"]["host"]
         members: dict[str, str] = dict(props["etcd_members"])
         me = target["host"]
-        with self._host_ssh(target, props) as ssh:
+        with self.host_ssh(target, props) as ssh:
             # The file first: etcd reads it only when it starts.
             changed = self._write(target, props, ssh)
             active = ssh.run("systemctl is-active -q etcd && echo active || echo inactive",
