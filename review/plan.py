@@ -276,9 +276,9 @@ class _Planner:
             self.warn("Replaced", f"etcd member {self.host(step)} is deleted and created again ({why}); "
                                   f"quorum counts one member fewer meanwhile.")
         for step in updated:
-            found = step_changes(step)
             if self.moved_only(step):
                 continue
+            found = step_changes(step)
             if any(c.path.endswith("(refresh)") for c in found.changes):
                 self.lines.append(f"etcd: the last refresh found {self.host(step)} stopped or out of the "
                                   f"member list; `up` starts it again (re-adding it as a learner if needed)")
@@ -834,9 +834,8 @@ class _Planner:
 
     def certificates(self) -> None:
         if self.changed("TlsCertificateAuthority", CREATE):
-            existing = bool(self.top.nodes_before)
-            self.lines.append("TLS: the stack makes its cluster CA (the key a secret in the state)" +
-                              ("; the cluster moves from plaintext to TLS" if existing else ""))
+            # A running cluster's move to TLS has its own line (move_to_tls).
+            self.lines.append("TLS: the stack makes its cluster CA (the key a secret in the state)")
         if self.changed("TlsCertificateAuthority", UPDATE):
             self.lines.append("TLS: the cluster CA rotates (it can no longer sign a certificate for a full "
                               "term, or pgha:tls.caGeneration changed): the new CA is trusted beside the old "
@@ -858,6 +857,7 @@ class _Planner:
             self.lines.append(f"TLS: certificate(s) no longer needed: {', '.join(dropped)}")
         self.trust()
         self.certificate_files()
+        self.move_to_tls()
 
     def trust(self) -> None:
         """A change of the trusted CAs (TlsTrust; its create and delete touch no host)."""
@@ -885,17 +885,19 @@ class _Planner:
             rest.discard("pg_hba")
         return not rest
 
-    def move_to_tls(self) -> None:
-        """A running plaintext cluster moving to TLS (EtcdTlsMove, PatroniTlsMove: created with
-        TLS; on a new cluster they touch no host and say nothing). First: it runs before any
-        member's or node's update."""
-        # Created for an existing stack already on TLS too (a newer pgha): a move only when the
-        # members and nodes gain `tls` in this same preview.
+    def moving_to_tls(self) -> bool:
+        """Whether a running plaintext cluster moves to TLS (EtcdTlsMove, PatroniTlsMove: created
+        with TLS, also for a stack already on TLS that upgrades pgha, where they touch no host):
+        a move only when the members and nodes gain `tls` in this same preview."""
         gaining = [s for s in self.changed("EtcdMember", UPDATE) + self.changed("PatroniNode", UPDATE)
                    if "tls" in step_changes(s).tops]
-        if not self.changed("EtcdTlsMove", CREATE) or not self.top.nodes_before or not gaining:
+        return bool(self.changed("EtcdTlsMove", CREATE) and self.top.nodes_before and gaining)
+
+    def move_to_tls(self) -> None:
+        """The move's line, after the certificates and their files it needs; the members', nodes'
+        and balancer's updates it leaves with nothing to do have none (moved_only)."""
+        if not self.tls_move:
             return
-        self.tls_move = True
         nodes = ", ".join(self.top.nodes_before)
         self.lines.append(
             "TLS: the running cluster moves to TLS, with no switchover and no PostgreSQL restart: Patroni "
@@ -1068,7 +1070,7 @@ def build_plan(preview: Preview) -> Plan:
     planner = _Planner(preview=preview, scope=scope, top=top, leader_now=top.leader)
     new_cluster = bool(planner.changed("PatroniBootstrap", CREATE)) and not top.nodes_before
     if not destroy:
-        planner.move_to_tls()
+        planner.tls_move = planner.moving_to_tls()
         planner.etcd()
         planner.leader_off_removed()
         planner.installs()

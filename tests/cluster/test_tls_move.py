@@ -90,9 +90,9 @@ def test_plaintext_cluster_moves_to_tls_under_write_load(stack: PlainStack) -> N
         Path("/tmp/pgha-tls-move-preview.json").write_text(stack.project.last_preview_json)
         assert "the running cluster moves to TLS, with no switchover and no PostgreSQL restart" in review, (
             review)
-        # The move is the plan's first step; the members', nodes' and HAProxy's updates, which then
-        # find nothing to do, get no line of their own.
-        assert "1. TLS: the running cluster moves to TLS" in review, review
+        # The move is the plan's last step (after the certificates and their files); the members',
+        # nodes' and HAProxy's updates, which then find nothing to do, get no line of their own.
+        assert "4. TLS: the running cluster moves to TLS" in review, review
         for stale in ("etcd: pg1 updated", "patroni.yml rewritten", "pg_hba reloaded",
                       "HAProxy on pg4 reloads"):
             assert stale not in review, (stale, review)

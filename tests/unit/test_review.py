@@ -684,12 +684,14 @@ def test_drift_found_by_a_refresh_is_repaired() -> None:
 
 def test_a_plaintext_cluster_moving_to_tls_reads_as_one_move() -> None:
     """pgha:tls turned on for a running plaintext cluster (recorded from test_tls_move.py): the move
-    is the plan's first line, with its concern; the members', nodes' and HAProxy's updates, which
-    the move leaves with nothing to do, get no line of their own."""
+    is the plan's last line, after the CA, the certificates and their files it needs, with its
+    concern; the members', nodes' and HAProxy's updates, which the move leaves with nothing to do,
+    get no line of their own."""
     plan = plan_of("tls-move")
-    assert plan.lines[0].startswith("TLS: the running cluster moves to TLS, with no switchover and no "
+    assert plan.lines[0] == "TLS: the stack makes its cluster CA (the key a secret in the state)"
+    assert plan.lines[-1].startswith("TLS: the running cluster moves to TLS, with no switchover and no "
                                     "PostgreSQL restart: Patroni pauses"), plan.lines
-    assert "each Patroni (pg1, pg2, pg3) restarts with TLS, the leader first" in plan.lines[0]
+    assert "each Patroni (pg1, pg2, pg3) restarts with TLS, the leader first" in plan.lines[-1]
     text = "\n".join(plan.lines)
     for stale in ("etcd: pg1 updated", "patroni.yml rewritten", "pg_hba reloaded", "HAProxy on pg4 reloads"):
         assert stale not in text, (stale, text)
