@@ -25,7 +25,7 @@ class EtcdCluster(pulumi.ComponentResource):
         self.guard = guard = MembershipGuard(f"{cfg.scope}-etcd-membership", {
             "scope": cfg.scope, "etcd_members": [h.name for h in cfg.with_role("etcd")]},
             pulumi.ResourceOptions(parent=self))
-        previous: list[pulumi.Resource] = [guard]
+        before_members: list[pulumi.Resource] = [guard]
         self.tls_move: EtcdTlsMove | None = None
         if tls is not None:
             # The members' certificate files, then a plaintext cluster's move to TLS (nothing on a
@@ -39,7 +39,7 @@ class EtcdCluster(pulumi.ComponentResource):
             self.tls_move = EtcdTlsMove(f"{cfg.scope}-etcd-tls-move", _move_props(cfg, secrets, tls),
                                         pulumi.ResourceOptions(parent=self,
                                                                depends_on=[guard, *self.tls_files.values()]))
-            previous = [guard, self.tls_move]
+            before_members.append(self.tls_move)
         for host in cfg.with_role("etcd"):
             props = {"connection": specs.connection(host), **specs.etcd_member_spec(cfg, host)}
             if secrets.ssh_private_key is not None:
@@ -50,14 +50,14 @@ class EtcdCluster(pulumi.ComponentResource):
                 props["tls_client"] = tls.client_tls()
                 if host.name in self.tls_files:
                     before.append(self.tls_files[host.name])
-            # One membership change at a time (etcd allows one learner, and quorum
-            # must hold between steps): each member waits for the one before it.
+            # No member waits for another: the members of a new cluster start together, and
+            # the provider makes every other membership change one at a time (etcd allows one
+            # learner, and quorum must hold between steps: see providers/etcd_member.py).
             member = EtcdMember(f"{cfg.scope}-etcd-{host.name}", props,
-                                pulumi.ResourceOptions(parent=self, depends_on=previous + before,
+                                pulumi.ResourceOptions(parent=self, depends_on=before_members + before,
                                                        # Founding peers: read only by a new cluster.
                                                        ignore_changes=["bootstrap_cluster"]))
             self.members[host.name] = member
-            previous = [member]
         self.endpoints = specs.etcd_client_urls(cfg)
         self.register_outputs({"endpoints": self.endpoints})
 

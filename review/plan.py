@@ -267,7 +267,7 @@ class _Planner:
             joined = self.hosts(created)
             verb = "joins" if len(joined) == 1 else "join one at a time"
             shape = f": {etcd_shape(len(before or []), len(before or []) + len(joined))}" if before else ""
-            self.lines.append(f"etcd: {', then '.join(joined)} {verb} (member add as a learner → start → "
+            self.lines.append(f"etcd: {names(joined)} {verb} (member add as a learner → start → "
                               f"promote){shape}")
         for step in replaced:
             why = ", ".join(step.replace_reasons) or "a replace-only input"

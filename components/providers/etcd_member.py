@@ -7,6 +7,13 @@ caught up. Members of a brand-new cluster start together with state=new.
 Removal goes through the API from a surviving member, and is refused when it
 would leave the cluster without quorum.
 
+Membership changes one at a time: every decision about a cluster's membership (found,
+join, repair, remove) holds that cluster's lock in the provider process, which serves
+every EtcdMember of an `up`. A member that finds no member of its cluster answering
+releases it at once: the members of a new cluster all decide to found it, with the same
+initial cluster, and start together. The cluster then forms at once, and etcd decides its
+cluster version at its first election instead of a version-monitor tick (4 s) later.
+
 A refresh checks that the host's etcd is this member of OUR cluster (pgha's
 /etc/default/etcd for it, its data directory, the unit active), not the distro's
 default single-node etcd a fresh host runs, and whether any member of the cluster
@@ -19,6 +26,7 @@ that are down is never founded over (see plan_repair for each case).
 from __future__ import annotations
 
 import shlex
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +45,15 @@ ENV_FILE = "/etc/default/etcd"
 DROP_IN = "/etc/systemd/system/etcd.service.d/pgha.conf"
 # The settings in /etc/default/etcd that make a host's etcd this member of this cluster.
 IDENTITY = ("ETCD_NAME", "ETCD_DATA_DIR", "ETCD_LISTEN_PEER_URLS", "ETCD_INITIAL_CLUSTER_TOKEN")
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def membership_lock(cluster_token: str) -> threading.Lock:
+    """The lock every membership decision about one etcd cluster holds (see the module doc)."""
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(cluster_token, threading.Lock())
 
 
 def _scheme(props: dict[str, Any]) -> str:
@@ -447,8 +464,8 @@ class EtcdMemberProvider(HostProvider):
                  host=props["address"])
 
     def _wait_started(self, ssh: Ssh, props: dict[str, Any]) -> None:
-        """A founding member cannot be healthy before a quorum of its peers has started,
-        and peers start one after another: wait for the process and its peer port."""
+        """A founding member cannot be healthy before a quorum of its peers has started:
+        wait for the process and its peer port (PatroniCluster waits for the quorum)."""
         port = int(props["peer_port"])
 
         def started() -> bool:
@@ -472,15 +489,19 @@ class EtcdMemberProvider(HostProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         with self.ssh(props) as ssh:
-            initial, state, me = self._join_plan(ssh, props)
-            self._start(ssh, props, initial, state)
-            if state == "new":
-                self._wait_started(ssh, props)
-            else:
-                self._wait_healthy(props, ssh=ssh)
-                if me is not None:
-                    self._promote(props, me)
+            with membership_lock(props["cluster_token"]):
+                initial, state, me = self._join_plan(ssh, props)
+                if state != "new":
+                    self._start(ssh, props, initial, state)
                     self._wait_healthy(props, ssh=ssh)
+                    if me is not None:
+                        self._promote(props, me)
+                        self._wait_healthy(props, ssh=ssh)
+            if state == "new":
+                # Outside the lock: no member of the cluster answers, so every founding member
+                # decides "new" with the same initial cluster, and they start together.
+                self._start(ssh, props, initial, state)
+                self._wait_started(ssh, props)
         # A founding member serves no client request before its quorum.
         member_id = self._member_id(props) if state != "new" else ""
         outs = {**public(props), "member_id": member_id, "running": True,
@@ -504,7 +525,7 @@ class EtcdMemberProvider(HostProvider):
         """Repair drift (everything identifying a member forces a replacement), from what
         the host and the cluster show now: see plan_repair."""
         address, joined_as = news["address"], olds.get("joined_as", "new")
-        with self.ssh(news) as ssh:
+        with self.ssh(news) as ssh, membership_lock(news["cluster_token"]):
             host = probe_host(ssh, news)
             cluster = _find_cluster(news)
             answer, me = self._cluster_answer(cluster, news)
@@ -585,6 +606,10 @@ class EtcdMemberProvider(HostProvider):
         """Leave the cluster, stop etcd and set its data aside. What cannot be reached (the
         cluster or the host is gone) is skipped and said; a distro etcd that is not this
         member (a re-imaged host) is left alone."""
+        with membership_lock(props["cluster_token"]):
+            self._leave(props)
+
+    def _leave(self, props: dict[str, Any]) -> None:
         address = props["address"]
         removed_via_api = self._remove_from_cluster(props)
         try:
@@ -609,8 +634,8 @@ class EtcdMemberProvider(HostProvider):
     def _remove_from_cluster(self, props: dict[str, Any], patience: float = 90.0) -> bool:
         """Remove this member through a surviving one. True when the cluster no longer lists it.
 
-        In a stack destroy every member is deleted at once, so the others may be
-        leaving too: an unsafe-looking state is re-checked until `patience` runs out.
+        Members leave one at a time (membership_lock), but a member that has just left may
+        still count as unhealthy: an unsafe-looking state is re-checked until `patience` runs out.
         """
         peer = _peer_url(props)
         deadline = time.monotonic() + patience

@@ -487,7 +487,7 @@ def test_destroy() -> None:
 def test_add_two_hosts_and_remove_the_leaders_host_in_one_edit() -> None:
     plan = plan_of("combo-add-two-remove-leader")
     assert plan.lines == (
-        "etcd: pg5, then pg6 join one at a time (member add as a learner → start → promote): 3 → 5 members, "
+        "etcd: pg5, pg6 join one at a time (member add as a learner → start → promote): 3 → 5 members, "
         "quorum 2 → 3, tolerates 1 → 2 failures",
         "Patroni: pg1 leads (as of the last up/refresh) and is removed: switchover pg1 → the replica with "
         "the least lag (pg2 or pg3) first",
