@@ -125,9 +125,10 @@ def parse_basebackup(stdout: str) -> tuple[float, int]:
 # -- B1 ------------------------------------------------------------------------------------
 
 
-def upload_dir(lab: Lab, name: str, src: str, dest: str) -> None:
-    """tar over SSH: the plain way to copy a wheelhouse."""
-    with subprocess.Popen(["tar", "-C", src, "-cf", "-", "."], stdout=subprocess.PIPE) as tar:
+def upload_dir(lab: Lab, name: str, src: str, dest: str, exclude: Sequence[str] = ()) -> None:
+    """tar over SSH: the plain way to copy a wheelhouse (without the `exclude` patterns)."""
+    excluded = [f"--exclude={pattern}" for pattern in exclude]
+    with subprocess.Popen(["tar", "-C", src, *excluded, "-cf", "-", "."], stdout=subprocess.PIPE) as tar:
         proc = subprocess.run(lab.ssh_argv(name, f"sudo mkdir -p {dest} && sudo tar -xf - -C {dest}"),
                               stdin=tar.stdout, capture_output=True, timeout=600, check=False)
     if proc.returncode != 0 or tar.returncode != 0:
@@ -143,7 +144,8 @@ def initial_deploy_floor(lab: Lab, cfg: ClusterConfig) -> dict[str, Any]:
     version = cfg.patroni.install.version
 
     def install(name: str) -> None:
-        upload_dir(lab, name, wheelhouse, FLOOR_WHEELS)
+        # The plain way installs with pip: uv's wheel (pgha's faster install) is not copied.
+        upload_dir(lab, name, wheelhouse, FLOOR_WHEELS, exclude=["uv-*.whl"])
         ssh_checked(lab, name, install_script(FLOOR_WHEELS, FLOOR_VENV, version), what="venv + pip install")
 
     try:
