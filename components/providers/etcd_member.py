@@ -38,7 +38,7 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 from components import render
 from components.providers.base import HostProvider, public
 from components.transport.rest import EtcdGateway, RestError, etcd_peer_members
-from components.transport.ssh import Ssh, SshError, SshTarget, UnitStopped, notify, wait_for
+from components.transport.ssh import Ssh, SshError, SshTarget, UnitStopped, enable_unit, notify, wait_for
 
 ENV_FILE = "/etc/default/etcd"
 # pgha's drop-in for Debian's unit (templates/etcd-service-pgha.conf.j2).
@@ -414,10 +414,10 @@ class EtcdMemberProvider(HostProvider):
         active = ssh.run("systemctl is-active etcd", step="check etcd", check=False).stdout.strip()
         # Debian's unit waits for quorum, so never block on it.
         if changed or active != "active":
-            ssh.run("systemctl enable etcd >/dev/null 2>&1; systemctl restart --no-block etcd",
+            ssh.run(f"{enable_unit('etcd')}; systemctl restart --no-block etcd",
                     step="start etcd")
         else:
-            ssh.run("systemctl enable etcd >/dev/null 2>&1", step="enable etcd")
+            ssh.run(enable_unit("etcd"), step="enable etcd")
 
     @staticmethod
     def _write_drop_in(ssh: Ssh, props: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 
 from components import render, state_upgrade
 from components.providers.base import HostProvider, public
-from components.transport.ssh import Ssh, SshError, notify, wait_for
+from components.transport.ssh import Ssh, SshError, enable_unit, notify, wait_for
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 ORIGINAL = "/etc/haproxy/haproxy.cfg.pgha-orig"
@@ -65,12 +65,12 @@ class HAProxyConfigProvider(HostProvider):
                           step="install haproxy.cfg").stdout.strip() == "changed"
         active = ssh.run("systemctl is-active haproxy", step="check haproxy", check=False).stdout.strip()
         if active != "active":
-            ssh.run("systemctl enable haproxy >/dev/null 2>&1; systemctl restart haproxy",
+            ssh.run(f"{enable_unit('haproxy')}; systemctl restart haproxy",
                     step="start haproxy")
         elif changed:
             ssh.run("systemctl reload haproxy", step="reload haproxy")
         else:
-            ssh.run("systemctl enable haproxy >/dev/null 2>&1", step="enable haproxy")
+            ssh.run(enable_unit("haproxy"), step="enable haproxy")
 
     def _wait_primary(self, props: dict[str, Any]) -> list[str]:
         return wait_for(lambda: (lambda up: up if len(up) == 1 else None)(primaries_up(props)),

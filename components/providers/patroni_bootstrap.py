@@ -45,7 +45,7 @@ from components.providers.patroni_node import (
 )
 from components.specs import HBA_REPLICATION
 from components.transport.rest import EtcdGateway, RestError
-from components.transport.ssh import Ssh, SshError, SshTarget, notify
+from components.transport.ssh import Ssh, SshError, SshTarget, enable_unit, notify
 
 UNREACHABLE = "unreachable: "  # a node's data could not be looked at: "unreachable: <why>"
 
@@ -218,7 +218,7 @@ class PatroniBootstrapProvider(PatroniNodeProvider):
                 with self.ssh(props) as ssh:
                     since = host_clock(ssh)
                     write_patroni_config(ssh, props)
-                    ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
+                    ssh.run(f"{enable_unit('patroni')} && systemctl start patroni",
                             step="start patroni on the first host")
                     if bootstrapped:
                         # The other nodes start beside the bootstrap (see the module doc);

@@ -35,7 +35,7 @@ from components.providers.patroni_cluster import DcsView, dcs_prefix, is_system_
 from components.providers.patroni_install import UNIT_FILE
 from components.succession import SyncMode, members_of
 from components.transport.rest import LEADER_ROLES, EtcdGateway, PatroniApi, RestError, first_healthy
-from components.transport.ssh import Ssh, SshError, UnitStopped, WaitFailed, notify, wait_for
+from components.transport.ssh import Ssh, SshError, UnitStopped, WaitFailed, enable_unit, notify, wait_for
 
 
 def scheme(props: dict[str, Any]) -> str:
@@ -626,7 +626,7 @@ class PatroniNodeProvider(HostProvider):
                     beside = leader is None
                     if leader is not None:
                         self._wait_for_admission(ssh, props, leader)
-                ssh.run("systemctl enable patroni >/dev/null 2>&1 && systemctl start patroni",
+                ssh.run(f"{enable_unit('patroni')} && systemctl start patroni",
                         step="start patroni")
             if plan.action == "clone":
                 # Started beside a bootstrap (now or by an earlier `up`), it waits for the leader.
