@@ -46,10 +46,9 @@ class PatroniHostInstallArgs:
     ssh_private_key: pulumi.Output[str] | None = None  # the secret pgha:sshPrivateKey, if set
     # The wheelhouse to upload (wheelhouse installs).
     wheelhouse: Wheelhouse | None = None
-    # What every step waits for (a refused membership change stops before any host is touched).
+    # What every step waits for (a refused membership change stops before any host is touched;
+    # the first host's install comes before the others').
     depends_on: Sequence[pulumi.Resource] = ()
-    # What the Patroni install itself waits for, besides (the first host's install).
-    install_after: Sequence[pulumi.Resource] = ()
     # False in a preview that cannot read known_hosts: the host key is unknown there.
     host_key_known: bool = True
 
@@ -117,7 +116,7 @@ class PatroniHostInstall(pulumi.ComponentResource):
         self.patroni = command(
             "patroni", steps.patroni_script(plan),
             stdin=pulumi.Output.secret(secret_stdin) if secret_stdin is not None else None,
-            after=[*before_install, *args.install_after])
+            after=before_install)
         # A proxy's preflight comes before any change on the host; a wheelhouse install has
         # nothing to check, and the steps overlap.
         first = [self.patroni] if plan.method == "index" else []

@@ -33,6 +33,9 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 # --without-pip and filled by that pip takes 0.1 s instead of ensurepip's 5 s (measured
 # on the lab); other systems fall back to a venv with its own pip.
 _DISTRO_PIP = 'w=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | tail -n 1)'
+# Installs run at low CPU priority: a reinstall (an upgrade) runs beside a live PostgreSQL, and
+# a new cluster's replicas install beside the first host's bootstrap.
+LOW_PRIORITY = "nice -n 10"
 
 
 def make_venv(venv: str) -> str:
@@ -57,17 +60,19 @@ def uv_install(venv: str, args: str) -> list[str]:
         'chmod 0755 "$uv"',
         f"rm -rf {v} && python3 -m venv --without-pip {v}",
         # Its cache beside the virtualenv (one filesystem): files are hardlinked, not copied twice.
-        f'UV_NO_CONFIG=1 "$uv" pip install -q --offline --cache-dir "$uvd/cache" --link-mode hardlink '
-        f"--compile-bytecode --python {v}/bin/python {args} </dev/null",
+        f'UV_NO_CONFIG=1 {LOW_PRIORITY} "$uv" pip install -q --offline --cache-dir "$uvd/cache" '
+        f"--link-mode hardlink --compile-bytecode --python {v}/bin/python {args} </dev/null",
         'rm -rf "$uvd"',
     ]
 
 
-def pip_install(venv: str, args: str) -> str:
-    """Shell: `pip install -q <args>` into `venv`, with the distro's pip wheel when there is one."""
+def pip_install(venv: str, args: str, nice: bool = False) -> str:
+    """Shell: `pip install -q <args>` into `venv`, with the distro's pip wheel when there is one
+    (`nice`: at low CPU priority)."""
     v = shlex.quote(venv)
+    low = f"{LOW_PRIORITY} " if nice else ""
     return (f'{_DISTRO_PIP}; if [ -n "$w" ]; then set -- {v}/bin/python "$w/pip"; '
-            f'else set -- {v}/bin/pip; fi; "$@" install -q --disable-pip-version-check {args}')
+            f'else set -- {v}/bin/pip; fi; {low}"$@" install -q --disable-pip-version-check {args}')
 
 
 def masked(url: str | None) -> str:
@@ -222,7 +227,7 @@ def patroni_script(plan: InstallPlan) -> str:
             "else",
             f"  {make_venv(plan.venv)} </dev/null",
             "  export PIP_CONFIG_FILE=/dev/null",
-            f"  {pip_install(plan.venv, wanted)} </dev/null",
+            f"  {pip_install(plan.venv, wanted, nice=True)} </dev/null",
             "fi",
         ]
     else:
@@ -237,7 +242,7 @@ def patroni_script(plan: InstallPlan) -> str:
             'if [ -n "$proxy" ]; then export PIP_PROXY="$proxy"; fi',
             'if [ -n "$index" ]; then export PIP_INDEX_URL="$index"; fi',
             f"{make_venv(plan.venv)} </dev/null",
-            pip_install(plan.venv, f"{req} psycopg2-binary") + " </dev/null",
+            pip_install(plan.venv, f"{req} psycopg2-binary", nice=True) + " </dev/null",
         ]
     return _script(
         plan, f"Patroni {plan.version} in {plan.venv}, from {source}",

@@ -36,7 +36,7 @@ def _ssh_key_prefix(cfg: ClusterConfig, host: Host) -> str:
 
 
 def _install(cfg: ClusterConfig, host: Host, secrets: ClusterSecrets, reader: FileReader,
-             guard: pulumi.Resource, install_after: list[pulumi.Resource]) -> PatroniHostInstallArgs:
+             guard: pulumi.Resource, after: list[pulumi.Resource]) -> PatroniHostInstallArgs:
     spec = specs.patroni_install_spec(cfg, host)
     plan = specs.patroni_install_plan(cfg, host)
     return PatroniHostInstallArgs(
@@ -46,8 +46,7 @@ def _install(cfg: ClusterConfig, host: Host, secrets: ClusterSecrets, reader: Fi
         unit=render.patroni_unit({**spec, "config_file": f"{plan.config_dir}/patroni.yml"}),
         wheelhouse=wheelhouse_archive(plan.wheelhouse, reader) if plan.wheelhouse else None,
         # A refused membership change must stop before any host is touched.
-        depends_on=[guard],
-        install_after=install_after,
+        depends_on=[guard, *after],
         host_key_known=os.access(os.path.expanduser(host.ssh.known_hosts_file), os.R_OK),
     )
 
@@ -90,8 +89,10 @@ class PatroniClusterComponent(pulumi.ComponentResource):
         reader = FileReader(dry_run=pulumi.runtime.is_dry_run())
         for host in cfg.with_role("patroni"):
             # pulumi-command resources: the venv, Patroni, the distro's services, the unit. The
-            # first host's Patroni is installed first: the bootstrap waits for it, and the others
-            # can only clone once it leads (on hosts that share CPUs, a new cluster leads sooner).
+            # first host's install comes first, the others' once its Patroni is installed: the
+            # bootstrap waits for the first host alone, and the others can only clone once it
+            # leads. A new cluster leads sooner when its install does not share the CPU, or the
+            # engine's parallelism (`pulumi up --parallel`, 4 per CPU), with the others'.
             after = [] if host.name == first.name else [self.installs[first.name].patroni]
             self.installs[host.name] = PatroniHostInstall(
                 f"{cfg.scope}-install-{host.name}", _install(cfg, host, secrets, reader, guard, after),

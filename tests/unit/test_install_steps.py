@@ -139,12 +139,12 @@ def test_patroni_script_reads_first_and_checks_the_version() -> None:
     # fresh virtualenv, and index installs with pip only.
     uv_branch, _, pip_branch = wheel.partition("\n  else\n")
     assert 'uvw=$(ls "$wheels"/uv-*.whl 2>/dev/null | tail -n 1)' in uv_branch
-    uv = ('"$uv" pip install -q --offline --cache-dir "$uvd/cache" --link-mode hardlink '
+    uv = ('nice -n 10 "$uv" pip install -q --offline --cache-dir "$uvd/cache" --link-mode hardlink '
           '--compile-bytecode --python /opt/patroni/bin/python --no-index --find-links "$wheels"')
     assert uv in uv_branch
     assert uv_branch.index("rm -rf /opt/patroni && python3 -m venv --without-pip /opt/patroni") < \
         uv_branch.index('"$uv" pip install')
-    assert "rm -rf /opt/patroni" in pip_branch and '"$@" install -q' in pip_branch
+    assert "rm -rf /opt/patroni" in pip_branch and 'nice -n 10 "$@" install -q' in pip_branch
     assert "uv" not in script
     assert _plan().remote_wheelhouse == "~pgha/pgha-wheelhouse/wheelhouse"
     assert "wheels=~pgha/pgha-wheelhouse/wheelhouse" in wheel.splitlines()
