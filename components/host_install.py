@@ -5,15 +5,18 @@ Per host, under one component `<scope>-install-<host>`:
 
   -wheelhouse    remote.CopyToRemote  the wheelhouse directory, uploaded into the SSH user's
                                       ~/pgha-wheelhouse (wheelhouse installs only)
-  -patroni       remote.Command       the virtualenv and Patroni, pip-installed; its version checked
+  -patroni       remote.Command       the virtualenv and Patroni, installed with uv from the
+                                      wheelhouse when it holds uv's wheel, else with pip (at low
+                                      CPU priority); its version checked
   -distro        remote.Command       the distro's PostgreSQL 15/main stopped and masked, the
                                       distro's etcd stopped on hosts that are no etcd member
   -unit          remote.Command       the config directory and the systemd unit
   -cleanup       PatroniHostCleanup   nothing until deleted: then removes the unit, the virtualenv
                                       and the upload (a dynamic resource: it skips a dead host)
 
-These are steps, not state to watch: nothing here is read back by `refresh` (the running
-Patroni is, by its PatroniNode). Each script converges when run again. An input change runs
+The first host's install comes first; every step of the other hosts waits for its Patroni
+install (components/patroni.py says why). These are steps, not state to watch: nothing here
+is read back by `refresh` (the running Patroni is, by its PatroniNode). Each script converges when run again. An input change runs
 `create` again, in place: only `triggers` would replace a pulumi-command resource, and none are
 set, because a replacement runs the old resource's `delete` (removing the unit or the
 virtualenv) after the new one's `create`. An index install through a proxy checks the proxy
