@@ -16,11 +16,12 @@ Per host, under one component `<scope>-install-<host>`:
 
 The first host's install comes first; every step of the other hosts waits for its Patroni
 install (components/patroni.py says why). These are steps, not state to watch: nothing here
-is read back by `refresh` (the running Patroni is, by its PatroniNode). Each script converges when run again. An input change runs
-`create` again, in place: only `triggers` would replace a pulumi-command resource, and none are
-set, because a replacement runs the old resource's `delete` (removing the unit or the
-virtualenv) after the new one's `create`. An index install through a proxy checks the proxy
-first, before anything changes on the host: there the other steps wait for the install.
+is read back by `refresh` (the running Patroni is, by its PatroniNode). Each script converges
+when run again. An input change runs `create` again, in place: only `triggers` would replace a
+pulumi-command resource, and none are set, because a replacement runs the old resource's
+`delete` (removing the unit or the virtualenv) after the new one's `create`. An index install
+through a proxy checks the proxy first, before anything changes on the host: there the other
+steps wait for the install.
 """
 
 from __future__ import annotations

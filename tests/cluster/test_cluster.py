@@ -85,6 +85,14 @@ def test_files_and_services_on_hosts(deployed: Deployed) -> None:
         # pgha's drop-in: etcd waits for the network after a reboot and a failed start is retried.
         unit = deployed.lab.ssh(name, "systemctl show -p Restart -p After etcd").stdout
         assert "Restart=on-failure" in unit and "network-online.target" in unit, (name, unit)
+        # The lab's wheelhouse holds uv's wheel: uv installed Patroni, bytecode compiled (Patroni
+        # runs as postgres and could not write it), and its unpacked copy is gone.
+        site = "/opt/patroni/lib/python3.11/site-packages"
+        installer = deployed.lab.ssh(name, f"cat {site}/patroni-*.dist-info/INSTALLER").stdout.strip()
+        assert installer == "uv", (name, installer)
+        compiled = deployed.lab.ssh(name, f"ls {site}/patroni/__pycache__ | grep -c 'ha.cpython'").stdout
+        assert int(compiled) >= 1, (name, compiled)
+        assert deployed.lab.ssh(name, "ls -d /opt/.pgha-uv.* 2>/dev/null | wc -l").stdout.strip() == "0", name
     assert deployed.lab.ssh("pg4", "systemctl is-active haproxy").stdout.strip() == "active"
 
 

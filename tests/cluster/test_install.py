@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 import requests
 
+from components import install_steps as steps
+from components.install_steps import InstallPlan
 from lab import Lab
 from scripts.lab_stack import LAB_PASSPHRASE, link_wheelhouse
 from tests.cluster.baseline import baseline_tree, install_today
@@ -242,6 +244,32 @@ def test_a_dead_host_can_be_removed(proxied: Proxied) -> None:
 
 
 # --- upgrading a stack deployed with the PatroniInstall dynamic provider ---------------------
+
+
+def test_a_wheelhouse_without_uv_installs_with_pip(proxied: Proxied) -> None:
+    """The `-patroni` step's other branch, run as the step runs it, on pg2 (HAProxy only here):
+    a wheelhouse without uv's wheel installs the same Patroni with pip."""
+    lab, name = proxied.lab, "pg2"
+    plan = InstallPlan(host=name, address=lab.hosts[name].address, ssh_user="pgha", method="wheelhouse",
+                       version="4.1.5", venv="/opt/pgha-pip-check", config_dir="/etc/patroni",
+                       os_family="debian", pg_version=15, etcd_member=False, wheelhouse="/build/no-uv")
+    upload = "mkdir -p ~/pgha-wheelhouse/no-uv && tar -xf - -C ~/pgha-wheelhouse/no-uv"
+    try:
+        with subprocess.Popen(["tar", "-C", str(lab.inv.wheelhouse), "--exclude=uv-*.whl", "-cf", "-", "."],
+                              stdout=subprocess.PIPE) as tar:
+            copied = subprocess.run(lab.ssh_argv(name, upload), stdin=tar.stdout, capture_output=True,
+                                    timeout=120, check=False)
+        assert copied.returncode == 0, copied.stderr
+        assert "uv-" not in _ssh(lab, name, "ls ~/pgha-wheelhouse/no-uv")
+        done = lab.ssh(name, steps.as_root(steps.patroni_script(plan), "pgha"), check=False, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "patroni 4.1.5"
+        site = "/opt/pgha-pip-check/lib/python3.11/site-packages"
+        assert _ssh(lab, name, f"cat {site}/patroni-*.dist-info/INSTALLER") == "pip"
+        assert _ssh(lab, name, "/usr/local/bin/patroni --version") == "patroni 4.1.5"
+    finally:
+        lab.ssh(name, "sudo rm -rf /opt/pgha-pip-check ~/pgha-wheelhouse/no-uv /usr/local/bin/patroni "
+                      "/usr/local/bin/patronictl", check=False)
 
 
 def _types(cli: PulumiCli) -> dict[str, str]:
