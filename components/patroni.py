@@ -4,7 +4,7 @@ per host, and the database roles created on the leader."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pulumi
@@ -33,6 +33,10 @@ def _ssh_key_prefix(cfg: ClusterConfig, host: Host) -> str:
     if host.ssh == cfg.ssh:
         return "pgha:ssh"
     return f"pgha:hosts[{cfg.hosts.index(host)}].ssh"
+
+
+# What `depends_on` takes: resources, or an output that resolves to them.
+Dependencies = pulumi.Input[Sequence[pulumi.Input[pulumi.Resource]]]
 
 
 def _install(cfg: ClusterConfig, host: Host, secrets: ClusterSecrets, reader: FileReader,
@@ -129,22 +133,30 @@ class PatroniClusterComponent(pulumi.ComponentResource):
                     etcd_tls_move, self.cluster, *depends_on, *self.installs.values(),
                     *[f for files in self.tls_files.values() for f in files], *balancer_files]))
             moved = [self.tls_move]
+
+        def after_move(before: list[pulumi.Resource]) -> Dependencies:
+            """`before`, then the move to TLS when there is one to wait for. The move waits for
+            every host's install and certificate files; a new cluster has nothing to move (the
+            etcd step found no etcd), and its bootstrap and nodes do not wait for the others'."""
+            if etcd_tls_move is None or not moved:
+                return before
+            return etcd_tls_move.found.apply(lambda found: before if found == "new" else [*before, *moved])
+
         # A new cluster's bootstrap begins on the first host before any node's create begins;
         # an existing one is left alone (see providers/patroni_bootstrap.py).
         self.bootstrap = PatroniBootstrap(
             f"{cfg.scope}-bootstrap", node_props(first),
-            pulumi.ResourceOptions(parent=self,
-                                   depends_on=[self.installs[first.name], self.cluster, *depends_on,
-                                               *self.tls_files[first.name], *moved]),
+            pulumi.ResourceOptions(parent=self, depends_on=after_move(
+                [self.installs[first.name], self.cluster, *depends_on, *self.tls_files[first.name]])),
         )
         for host in cfg.with_role("patroni"):
             # A node added later starts once the leader's pg_hba admits it (checked by
             # the node itself, while existing nodes reload in parallel).
             self.nodes[host.name] = PatroniNode(
                 f"{cfg.scope}-node-{host.name}", node_props(host),
-                pulumi.ResourceOptions(parent=self, depends_on=[self.installs[host.name], self.cluster,
-                                                                self.bootstrap, *depends_on,
-                                                                *self.tls_files[host.name], *moved],
+                pulumi.ResourceOptions(parent=self, depends_on=after_move(
+                    [self.installs[host.name], self.cluster, self.bootstrap, *depends_on,
+                     *self.tls_files[host.name]]),
                                        # Seeds a new cluster only: never a change of a running node.
                                        ignore_changes=["bootstrap", "bootstrap_leader"]),
             )
