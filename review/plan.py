@@ -401,7 +401,9 @@ class _Planner:
                     "checks what is there first)")
         said = [_new_comments(f) or f"{part} ({', '.join(sorted(f.tops)) or 'no visible change'})"
                 for part, f in found.items()]
-        return f"install steps run again on {{hosts}}: {'; '.join(said)}"
+        kept = re.search(r"Patroni (\S+) in", script_title(script.new)) if script is not None else None
+        same = f" (each checks for Patroni {kept.group(1)} first: no reinstall when it is there)" if kept else ""
+        return f"install steps run again on {{hosts}}{same}: {'; '.join(said)}"
 
     def _install_update(self, step: Step) -> str:
         found = step_changes(step)

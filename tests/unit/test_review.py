@@ -467,6 +467,24 @@ def test_patroni_version() -> None:
     assert list(concerns(plan)) == ["Patroni upgrade"]
 
 
+def test_a_new_install_script_for_the_same_version_says_no_reinstall() -> None:
+    """pgha's own script changes (an upgrade of pgha): the steps run again, the new comment lines
+    say what changed, and the version already there is not reinstalled."""
+    preview = load("patroni-version")
+    for host in ("pg1", "pg2", "pg3"):
+        step = next(s for s in preview.steps if s.urn.endswith(f"install-{host}-patroni"))
+        old = step.old_inputs["create"].replace("4.1.5", "4.1.6")
+        new = old.replace("  # a fresh virtualenv", "  # with uv when the wheelhouse carries its wheel\n"
+                                                  "  # a fresh virtualenv")
+        preview = edit_step(preview, f"install-{host}-patroni", old_inputs={**step.old_inputs, "create": old},
+                            new_inputs={**step.new_inputs, "create": new})
+    plan = build_plan(preview)
+    assert plan.lines[1:] == ("install steps run again on pg1, pg2, pg3 (each checks for Patroni 4.1.6 "
+                              "first: no reinstall when it is there): with uv when the wheelhouse carries "
+                              "its wheel",)
+    assert "Patroni upgrade" not in concerns(plan)
+
+
 def test_destroy() -> None:
     plan = plan_of("destroy")
     assert plan.destroy
