@@ -402,7 +402,8 @@ class _Planner:
         said = [_new_comments(f) or f"{part} ({', '.join(sorted(f.tops)) or 'no visible change'})"
                 for part, f in found.items()]
         kept = re.search(r"Patroni (\S+) in", script_title(script.new)) if script is not None else None
-        same = f" (each checks for Patroni {kept.group(1)} first: no reinstall when it is there)" if kept else ""
+        same = (f" (each checks for Patroni {kept.group(1)} first: no reinstall when it is there)"
+                if kept else "")
         return f"install steps run again on {{hosts}}{same}: {'; '.join(said)}"
 
     def _install_update(self, step: Step) -> str:
